@@ -1,0 +1,18 @@
+# Convenience targets; each is one plain go command (make is optional).
+
+.PHONY: run test bench build check
+
+run:            ## run the router on config.yaml (four simulated regions)
+	go run ./cmd/router --config config.yaml
+
+test:           ## what CI runs
+	go vet ./... && go test -race ./...
+
+bench:          ## Go benchmarks of the HTTP path and the stream relay
+	go test -run '^$$' -bench . -benchmem -count 5 ./proxy/
+
+build:          ## static binaries in bin/
+	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/ ./cmd/...
+
+check:          ## validate config.yaml
+	go run ./cmd/router --config config.yaml --check

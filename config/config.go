@@ -1,0 +1,295 @@
+// Package config defines earshot's configuration file: its schema, defaults,
+// validation and strict loading.
+//
+// Loading is three steps, each in one place: decode (strict: an unknown field is
+// an error), apply defaults, validate. Every error names the file, the line and
+// the field it is about, so an operator can fix a config without reading code:
+//
+//	config.yaml:14: regions[1].url: scheme "ftp" is not one of http, https, sim
+//
+// A Config is immutable once loaded; a reload builds a new one.
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Listen is the address clients connect to. Default ":8080".
+	Listen string `yaml:"listen"`
+	// Admin is the address of the admin listener (status, metrics). Default
+	// "127.0.0.1:9090": loopback, so it is not exposed by accident.
+	Admin string `yaml:"admin"`
+
+	Log      Log      `yaml:"log"`
+	Timeouts Timeouts `yaml:"timeouts"`
+	Limits   Limits   `yaml:"limits"`
+	Routing  Routing  `yaml:"routing"`
+
+	// Regions are the upstream deployments, in order of preference until
+	// geographic routing ranks them.
+	Regions []Region `yaml:"regions"`
+
+	// Path is the file the config was loaded from, for error messages.
+	Path string `yaml:"-"`
+
+	root *yaml.Node // the parsed document, to find a field's line
+}
+
+// Log configures the zap logger.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is json or console. Default json.
+	Format string `yaml:"format"`
+}
+
+// Timeouts bound every wait the router does on someone else's behalf.
+type Timeouts struct {
+	// ReadHeader bounds reading a client's request headers (slowloris). Default 10s.
+	ReadHeader time.Duration `yaml:"read_header"`
+	// Idle closes a client's idle keep-alive connection. Default 120s.
+	Idle time.Duration `yaml:"idle"`
+	// Connect bounds dialling a region (TCP and TLS). Default 5s.
+	Connect time.Duration `yaml:"connect"`
+	// Response bounds the wait for a region's response headers after the
+	// request has been sent. Pre-recorded transcription of a long file answers
+	// only when done, so the default is generous: 10m.
+	Response time.Duration `yaml:"response"`
+	// Handshake bounds a WebSocket upgrade to a region, dial included. Default 10s.
+	Handshake time.Duration `yaml:"handshake"`
+	// CloseGrace is how long a stream waits for the other side's close frame,
+	// and for a region's final results after the client has gone. Default 5s.
+	CloseGrace time.Duration `yaml:"close_grace"`
+	// Shutdown bounds a graceful stop. Default 30s.
+	Shutdown time.Duration `yaml:"shutdown"`
+}
+
+// Limits bound what a client may send.
+type Limits struct {
+	// MaxHeaderBytes caps a request's header block. Default 64KiB.
+	MaxHeaderBytes ByteSize `yaml:"max_header_bytes"`
+	// MaxBodyBytes caps an HTTP request body; larger gets 413. Default 2GiB,
+	// Deepgram's own limit for pre-recorded audio.
+	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
+	// MaxMessageBytes caps one WebSocket message either way; larger closes the
+	// stream with 1009. Default 4MiB.
+	MaxMessageBytes ByteSize `yaml:"max_message_bytes"`
+}
+
+// Routing controls how a request's region is chosen.
+type Routing struct {
+	// AllowClientOverride lets a client pick its region with the request
+	// header X-Earshot-Region. Default false. Useful for tests and debugging;
+	// leave it off where clients must not choose.
+	AllowClientOverride bool `yaml:"allow_client_override"`
+	// TrustedProxies are the CIDRs (or single addresses) of load balancers in
+	// front of the router whose X-Forwarded-For / X-Forwarded-Proto headers
+	// are believed. Headers from anyone else are replaced. Default none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+
+	trusted []netip.Prefix
+}
+
+// Trusted reports the parsed TrustedProxies.
+func (r *Routing) Trusted() []netip.Prefix { return r.trusted }
+
+// Region is one upstream deployment of the speech engine.
+type Region struct {
+	// Name identifies the region in logs, metrics and X-Earshot-Region.
+	// Required, unique, [a-z0-9-].
+	Name string `yaml:"name"`
+	// URL is the region's base URL: https://... or http://... for a real
+	// deployment (WebSocket URLs become wss/ws), or sim://NAME to start a
+	// simulated engine on a loopback port inside the router.
+	URL string `yaml:"url"`
+	// Location is where the region is, for distance-based routing.
+	Location Location `yaml:"location"`
+	// Capacity is how many concurrent requests and streams the region takes
+	// (on Modal: containers x target_inputs). 0 means unlimited.
+	Capacity int `yaml:"capacity"`
+	// Headers are added to every request and handshake sent to the region,
+	// replacing any the client sent. Values may be read from the environment
+	// or a file so that secrets stay out of this file.
+	Headers map[string]Secret `yaml:"headers"`
+	// Sim configures the simulated engine of a sim:// region.
+	Sim *Sim `yaml:"sim"`
+
+	base *url.URL // URL, parsed by Validate
+}
+
+// Location is a point on Earth in decimal degrees.
+type Location struct {
+	Lat float64 `yaml:"lat"`
+	Lon float64 `yaml:"lon"`
+}
+
+// Sim configures a simulated engine.
+type Sim struct {
+	// Latency is added before each response and handshake answer; it stands
+	// for the network distance to a real region. Default 0.
+	Latency time.Duration `yaml:"latency"`
+	// Capacity is the engine's own limit of concurrent work, beyond which it
+	// refuses like a full Deepgram engine. Default 0 (unlimited).
+	Capacity int `yaml:"capacity"`
+	// FullStatus is the status a full engine answers: 503 (default) or 429.
+	FullStatus int `yaml:"full_status"`
+	// SilenceTimeout closes a stream with 1011 NET-0001 after this long
+	// without audio. Default 10s, as Deepgram.
+	SilenceTimeout time.Duration `yaml:"silence_timeout"`
+	// Mode is the failure behaviour at start: ok, refuse, hang or die.
+	// Default ok. It can be changed at run time on the engine.
+	Mode string `yaml:"mode"`
+}
+
+// ApplyDefaults fills every unset field with its documented default.
+func (c *Config) ApplyDefaults() {
+	setDefault(&c.Listen, ":8080")
+	setDefault(&c.Admin, "127.0.0.1:9090")
+	setDefault(&c.Log.Level, "info")
+	setDefault(&c.Log.Format, "json")
+
+	t := &c.Timeouts
+	setDefault(&t.ReadHeader, 10*time.Second)
+	setDefault(&t.Idle, 120*time.Second)
+	setDefault(&t.Connect, 5*time.Second)
+	setDefault(&t.Response, 10*time.Minute)
+	setDefault(&t.Handshake, 10*time.Second)
+	setDefault(&t.CloseGrace, 5*time.Second)
+	setDefault(&t.Shutdown, 30*time.Second)
+
+	l := &c.Limits
+	setDefault(&l.MaxHeaderBytes, 64*KiB)
+	setDefault(&l.MaxBodyBytes, 2*GiB)
+	setDefault(&l.MaxMessageBytes, 4*MiB)
+
+	for i := range c.Regions {
+		if s := c.Regions[i].Sim; s != nil {
+			setDefault(&s.FullStatus, 503)
+			setDefault(&s.SilenceTimeout, 10*time.Second)
+			setDefault(&s.Mode, "ok")
+		}
+	}
+}
+
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+// Validate checks the config after defaults are applied. It resolves
+// secrets, so a missing environment variable is reported at load time, not at
+// the first request.
+func (c *Config) Validate() error {
+	if err := checkAddr(c.Listen); err != nil {
+		return c.errorf("listen", "%v", err)
+	}
+	if err := checkAddr(c.Admin); err != nil {
+		return c.errorf("admin", "%v", err)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return c.errorf("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		return c.errorf("log.format", "%q is not one of json, console", c.Log.Format)
+	}
+	for name, d := range map[string]time.Duration{
+		"read_header": c.Timeouts.ReadHeader, "idle": c.Timeouts.Idle,
+		"connect": c.Timeouts.Connect, "response": c.Timeouts.Response,
+		"handshake": c.Timeouts.Handshake, "close_grace": c.Timeouts.CloseGrace,
+		"shutdown": c.Timeouts.Shutdown,
+	} {
+		if d < 0 {
+			return c.errorf("timeouts."+name, "must not be negative")
+		}
+	}
+	for name, v := range map[string]ByteSize{
+		"max_header_bytes": c.Limits.MaxHeaderBytes, "max_body_bytes": c.Limits.MaxBodyBytes,
+		"max_message_bytes": c.Limits.MaxMessageBytes,
+	} {
+		if v < 0 {
+			return c.errorf("limits."+name, "must not be negative")
+		}
+	}
+
+	c.Routing.trusted = c.Routing.trusted[:0]
+	for i, s := range c.Routing.TrustedProxies {
+		p, err := parsePrefix(s)
+		if err != nil {
+			return c.errorf(fmt.Sprintf("routing.trusted_proxies[%d]", i), "%v", err)
+		}
+		c.Routing.trusted = append(c.Routing.trusted, p)
+	}
+
+	if len(c.Regions) == 0 {
+		return c.errorf("regions", "at least one region is required")
+	}
+	seen := make(map[string]int, len(c.Regions))
+	for i := range c.Regions {
+		r := &c.Regions[i]
+		field := fmt.Sprintf("regions[%d]", i)
+		if err := r.validate(); err != nil {
+			return c.wrap(field, err)
+		}
+		if first, dup := seen[r.Name]; dup {
+			return c.errorf(field+".name", "duplicate region name %q (first defined at line %d)",
+				r.Name, lineOf(c.root, fmt.Sprintf("regions[%d]", first)))
+		}
+		seen[r.Name] = i
+	}
+	return nil
+}
+
+func checkAddr(addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	return nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither a CIDR nor an address", s)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+// Load reads, decodes, defaults and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes, defaults and validates data; path is used in messages.
+func Parse(path string, data []byte) (*Config, error) {
+	c, err := decode(path, data)
+	if err != nil {
+		return nil, err
+	}
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}

@@ -1,0 +1,347 @@
+// Package proxy forwards the Deepgram API to regions: HTTP requests through
+// httputil.ReverseProxy, and WebSocket streams through a message-aware relay.
+//
+// For each request the Handler asks routing for ranked candidates, takes the
+// first whose region admits it (health.Region.TryAcquire), forwards, and
+// reports the attempt's outcome back to that region exactly once. It writes
+// one access-log line per request or stream. Errors the router answers itself
+// use Deepgram's JSON error shape so that SDKs can parse them.
+//
+// The routing and region set live in an immutable Snapshot that can be
+// swapped atomically; a request keeps the snapshot it started with.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/earshot/earshot/health"
+	"github.com/earshot/earshot/routing"
+)
+
+// Upstream is a region as the proxy reaches it.
+type Upstream struct {
+	Name   string
+	URL    *url.URL    // http or https base URL; a path prefix is kept
+	Header http.Header // added to every request and handshake, replacing the client's
+	Health *health.Region
+
+	wsScheme string
+}
+
+// NewUpstream describes a region reached at base. header is added to every
+// request sent to it.
+func NewUpstream(name string, base *url.URL, header http.Header, h *health.Region) *Upstream {
+	u := *base
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	ws := "ws"
+	if u.Scheme == "https" {
+		ws = "wss"
+	}
+	return &Upstream{Name: name, URL: &u, Header: header, Health: h, wsScheme: ws}
+}
+
+// Snapshot is the routing table and the regions it names. It is immutable.
+type Snapshot struct {
+	Table     *routing.Table
+	Upstreams map[string]*Upstream // by region name
+}
+
+// Options configure a Handler.
+type Options struct {
+	Logger         *zap.Logger
+	TrustedProxies []netip.Prefix
+
+	ConnectTimeout   time.Duration // dialling a region
+	ResponseTimeout  time.Duration // a region's response headers
+	HandshakeTimeout time.Duration // a WebSocket handshake with a region
+	CloseGrace       time.Duration // waiting for close frames and final results
+
+	MaxBodyBytes    int64 // HTTP request bodies
+	MaxMessageBytes int64 // WebSocket messages, either way
+
+	// Transport overrides the HTTP transport to regions (tests, benchmarks).
+	Transport http.RoundTripper
+}
+
+// Handler is the router's data path. It is an http.Handler.
+type Handler struct {
+	opts   Options
+	log    *zap.Logger
+	snap   atomic.Pointer[Snapshot]
+	http   httpForwarder
+	ws     wsRelay
+	routes map[string]route
+
+	mu      sync.Mutex
+	streams map[*stream]struct{} // open streams, for shutdown
+	wg      sync.WaitGroup       // one per open stream
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// New returns a Handler serving snap.
+func New(snap *Snapshot, opts Options) *Handler {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	h := &Handler{opts: opts, log: opts.Logger, routes: apiRoutes(), streams: make(map[*stream]struct{})}
+	h.snap.Store(snap)
+	h.http.init(h)
+	h.ws.init(h)
+	return h
+}
+
+// Swap replaces the snapshot; requests already running keep theirs.
+func (h *Handler) Swap(snap *Snapshot) { h.snap.Store(snap) }
+
+// Snapshot returns the snapshot new requests use.
+func (h *Handler) Snapshot() *Snapshot { return h.snap.Load() }
+
+// Close releases idle connections to regions.
+func (h *Handler) Close() { h.http.closeIdle() }
+
+// Shutdown closes every open stream with 1001 (going away) on both sides
+// and waits for them to end, or for ctx; then it cuts what remains.
+// Call it after http.Server.Shutdown, which does not track hijacked
+// connections.
+func (h *Handler) Shutdown(ctx context.Context) {
+	h.mu.Lock()
+	for st := range h.streams {
+		st.goAway("router shutting down")
+	}
+	h.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		h.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		h.mu.Lock()
+		for st := range h.streams {
+			st.kill()
+		}
+		h.mu.Unlock()
+		<-done
+	}
+}
+
+func (h *Handler) track(st *stream) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.streams[st] = struct{}{}
+	h.wg.Add(1)
+	return true
+}
+
+func (h *Handler) untrack(st *stream) {
+	h.mu.Lock()
+	delete(h.streams, st)
+	h.mu.Unlock()
+	h.wg.Done()
+}
+
+// route says which methods a Deepgram API path takes.
+type route struct {
+	post, get bool // HTTP methods forwarded as plain requests
+	stream    bool // GET with a WebSocket upgrade
+	allow     string
+}
+
+// apiRoutes is the Deepgram API surface the router forwards. Anything else is
+// 404: the router is not an open proxy.
+func apiRoutes() map[string]route {
+	return map[string]route{
+		"/v1/listen":         {post: true, stream: true, allow: "GET, POST"},
+		"/v1/speak":          {post: true, stream: true, allow: "GET, POST"},
+		"/v1/read":           {post: true, allow: "POST"},
+		"/v1/models":         {get: true, allow: "GET"},
+		"/v2/listen":         {stream: true, allow: "GET"},
+		"/v1/agent/converse": {stream: true, allow: "GET"},
+	}
+}
+
+// exchange is one request or stream's bookkeeping, from arrival to log line.
+type exchange struct {
+	id       string
+	start    time.Time
+	clientIP netip.Addr
+	trusted  bool // the peer is a trusted proxy
+	snap     *Snapshot
+	up       *Upstream
+	reason   routing.Reason
+	attempt  time.Time // when the request was sent to the region
+
+	status   int
+	bytesIn  atomic.Int64 // the request body may be read by the transport's goroutine
+	bytesOut int64
+	err      error
+}
+
+// ServeHTTP dispatches a request to the HTTP forwarder or the stream relay.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := &exchange{id: requestID(r), start: time.Now(), snap: h.snap.Load()}
+	x.clientIP, x.trusted = h.peer(r)
+	w.Header().Set("X-Request-Id", x.id)
+	defer h.recoverPanic(w, x)
+
+	rt, ok := h.routes[r.URL.Path]
+	switch {
+	case !ok:
+		h.reject(w, r, x, &apiError{http.StatusNotFound, codeNotFound,
+			"The path " + quotePath(r.URL.Path) + " is not part of the API served here."})
+	case r.Method == http.MethodGet && rt.stream:
+		h.ws.serve(w, r, x)
+	case r.Method == http.MethodPost && rt.post, r.Method == http.MethodGet && rt.get:
+		h.http.serve(w, r, x)
+	default:
+		w.Header().Set("Allow", rt.allow)
+		h.reject(w, r, x, &apiError{http.StatusMethodNotAllowed, codeMethod,
+			r.Method + " is not allowed on " + r.URL.Path + "; use " + rt.allow + "."})
+	}
+}
+
+// reject answers with an error of the router's own and logs the request.
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, x *exchange, e *apiError) {
+	x.status, x.err = e.status, e
+	writeError(w, e, x.id)
+	h.logAccess(r, x, nil)
+}
+
+// recoverPanic turns a panic in the data path into a 500 (when nothing has
+// been written yet) and an error log, so no panic reaches a client.
+// http.ErrAbortHandler, the standard way to abort a response mid-body, passes.
+func (h *Handler) recoverPanic(w http.ResponseWriter, x *exchange) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if v == http.ErrAbortHandler {
+		panic(v)
+	}
+	h.log.Error("panic in handler", zap.String("request_id", x.id), zap.Any("panic", v), zap.StackSkip("stack", 1))
+	if x.status == 0 {
+		writeError(w, &apiError{http.StatusInternalServerError, codeInternal, "Internal error."}, x.id)
+	}
+}
+
+// peer returns the client's address and whether it is a trusted proxy.
+func (h *Handler) peer(r *http.Request) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range h.opts.TrustedProxies {
+		if p.Contains(ip) {
+			return ip, true
+		}
+	}
+	return ip, false
+}
+
+// acquire takes the first candidate whose region admits the request. It
+// returns nil when every candidate is full.
+func (h *Handler) acquire(r *http.Request, x *exchange) (*Upstream, *apiError) {
+	var buf [8]routing.Candidate
+	cands, err := x.snap.Table.Select(buf[:0], r)
+	if err != nil {
+		return nil, &apiError{http.StatusBadRequest, codeBadRequest, err.Error() + " in " + routing.OverrideHeader + "."}
+	}
+	skipped := false
+	for _, c := range cands {
+		up := x.snap.Upstreams[c.Region.Name]
+		if up == nil || !up.Health.TryAcquire() {
+			skipped = true
+			continue
+		}
+		x.up, x.reason = up, c.Reason
+		if skipped && c.Reason != routing.Override {
+			x.reason = routing.Spillover
+		}
+		return up, nil
+	}
+	return nil, errNoRegion
+}
+
+// release gives the region back its capacity and reports the outcome.
+func (x *exchange) release(o health.Outcome) {
+	if x.up != nil && !x.attempt.IsZero() {
+		x.up.Health.Done(o)
+		x.attempt = time.Time{}
+	}
+}
+
+// requestID returns the client's X-Request-Id when it is sane, or a new
+// random UUID.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && isPrintableASCII(id) {
+		return id
+	}
+	return newUUID()
+}
+
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails on supported platforms
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	const hex = "0123456789abcdef"
+	var s [36]byte
+	j := 0
+	for i, c := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			s[j] = '-'
+			j++
+		}
+		s[j], s[j+1] = hex[c>>4], hex[c&0xf]
+		j += 2
+	}
+	return string(s[:])
+}
+
+func isPrintableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// quotePath keeps an error message readable and short whatever the client sent.
+func quotePath(p string) string {
+	if len(p) > 64 {
+		p = p[:64] + "..."
+	}
+	if !isPrintableASCII(p) {
+		return "requested"
+	}
+	return p
+}
+
+// clientGone reports whether the request's client has gone away.
+func clientGone(ctx context.Context) bool { return ctx.Err() != nil }
+
+// errAborted marks a response cut short after its header was sent.
+var errAborted = errors.New("response aborted mid-body")
+
+// hostOnly formats an address for X-Forwarded-For.
+func hostOnly(addr netip.Addr) string {
+	if !addr.IsValid() {
+		return ""
+	}
+	return addr.String()
+}

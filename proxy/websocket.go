@@ -1,0 +1,566 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+
+	"github.com/earshot/earshot/health"
+	"github.com/earshot/earshot/routing"
+)
+
+// wsRelay relays WebSocket streams message by message.
+//
+// The region's handshake comes first: the router dials the region, and only
+// when the region has accepted does it upgrade the client, so a refused or
+// failed handshake is still an ordinary HTTP answer the client can read (and,
+// later, a reason to try another region before the client sees anything).
+//
+// Each stream then has two pumps, client to region and region to client.
+// Message types are kept, unknown messages pass untouched, and close frames
+// are relayed rather than answered locally: a close from one side goes to the
+// other with its code and reason, and the other side's answer comes back.
+// After a close has gone to a side, that side has CloseGrace to answer before
+// the stream is torn down, so every stream ends.
+type wsRelay struct {
+	h        *Handler
+	dialer   websocket.Dialer
+	upgrader websocket.Upgrader
+}
+
+// Headers a stream's handshake never forwards: gorilla sets its own, and the
+// rest are hop-by-hop.
+var wsSkipHeaders = map[string]bool{
+	"Host": true, "Connection": true, "Upgrade": true, "Keep-Alive": true,
+	"Proxy-Connection": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
+	"Te": true, "Trailer": true, "Transfer-Encoding": true,
+	"Sec-Websocket-Key": true, "Sec-Websocket-Version": true,
+	"Sec-Websocket-Extensions": true, "Sec-Websocket-Protocol": true,
+	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Proto": true, "X-Forwarded-Host": true,
+	"X-Request-Id": true,
+}
+
+func (s *wsRelay) init(h *Handler) {
+	s.h = h
+	// Write buffers are pooled: an idle stream holds none.
+	pool := &sync.Pool{}
+	s.dialer = websocket.Dialer{
+		Proxy:            http.ProxyFromEnvironment,
+		NetDialContext:   (&net.Dialer{Timeout: h.opts.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		HandshakeTimeout: h.opts.HandshakeTimeout,
+		ReadBufferSize:   4096,
+		WriteBufferSize:  4096,
+		WriteBufferPool:  pool,
+	}
+	s.upgrader = websocket.Upgrader{
+		HandshakeTimeout: h.opts.HandshakeTimeout,
+		ReadBufferSize:   4096,
+		WriteBufferSize:  4096,
+		WriteBufferPool:  pool,
+		// Deepgram's API is called from any origin: keys, not cookies,
+		// authenticate, so there is no ambient credential to protect.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+}
+
+func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
+	if e := checkUpgrade(r); e != nil {
+		if e.code == codeBadRequest && r.Header.Get("Sec-Websocket-Version") != "13" {
+			w.Header().Set("Sec-WebSocket-Version", "13")
+		}
+		s.h.reject(w, r, x, e)
+		return
+	}
+	up, apiErr := s.h.acquire(r, x)
+	if apiErr != nil {
+		s.h.reject(w, r, x, apiErr)
+		return
+	}
+	x.attempt = time.Now()
+	offered := websocket.Subprotocols(r)
+
+	ctx, cancel := context.WithTimeout(r.Context(), s.h.opts.HandshakeTimeout)
+	upConn, resp, err := s.dialer.DialContext(ctx, s.upstreamURL(up, r), s.upstreamHeader(r, x, up))
+	cancel()
+	if err != nil {
+		s.refused(w, r, x, up, resp, err)
+		return
+	}
+	outcome := health.Outcome{Status: resp.StatusCode, Latency: time.Since(x.attempt)}
+
+	respHeader := http.Header{}
+	respHeader.Set(routing.OverrideHeader, up.Name)
+	respHeader.Set("X-Request-Id", x.id)
+	if id := resp.Header.Get("Dg-Request-Id"); id != "" {
+		respHeader.Set("Dg-Request-Id", id)
+	} else {
+		respHeader.Set("Dg-Request-Id", x.id)
+	}
+	if p := chooseSubprotocol(offered, upConn.Subprotocol()); p != "" {
+		respHeader.Set("Sec-WebSocket-Protocol", p)
+	}
+	clientConn, err := s.upgrader.Upgrade(w, r, respHeader)
+	if err != nil {
+		// The upgrader has answered the client; tell the region we are gone.
+		_ = upConn.WriteControl(websocket.CloseMessage,
+			websocket.FormatCloseMessage(websocket.CloseGoingAway, "client handshake failed"), time.Now().Add(time.Second))
+		_ = upConn.Close()
+		x.status, x.err = http.StatusBadRequest, err
+		x.release(outcome)
+		s.h.logAccess(r, x, up)
+		return
+	}
+	x.status = http.StatusSwitchingProtocols
+
+	st := newStream(clientConn, upConn, s.h.opts)
+	s.h.track(st)
+	st.run()
+	s.h.untrack(st)
+	x.bytesIn.Store(st.up.bytes)
+	x.bytesOut = st.down.bytes
+	x.release(outcome)
+	s.h.logAccess(r, x, up,
+		zap.Int32("client_close", st.clientClose.Load()),
+		zap.Int32("region_close", st.regionClose.Load()),
+		zap.Int64("messages_in", st.up.messages),
+		zap.Int64("messages_out", st.down.messages),
+	)
+}
+
+// checkUpgrade validates the client's handshake before a region is dialled,
+// so a bad one costs the region nothing and gets a Deepgram-shaped 400.
+func checkUpgrade(r *http.Request) *apiError {
+	switch {
+	case !websocket.IsWebSocketUpgrade(r):
+		return &apiError{http.StatusBadRequest, codeBadRequest,
+			"GET " + r.URL.Path + " must be a WebSocket upgrade (for pre-recorded audio, POST /v1/listen)."}
+	case r.Header.Get("Sec-Websocket-Version") != "13":
+		return &apiError{http.StatusBadRequest, codeBadRequest, "Unsupported Sec-WebSocket-Version; want 13."}
+	case len(r.Header.Get("Sec-Websocket-Key")) != 24:
+		return &apiError{http.StatusBadRequest, codeBadRequest, "Missing or malformed Sec-WebSocket-Key."}
+	}
+	return nil
+}
+
+// chooseSubprotocol picks the subprotocol to echo to the client. Browsers
+// authenticate by offering ["token", KEY] or ["bearer", JWT] and drop the
+// socket unless the scheme is echoed; otherwise echo what the region chose,
+// if the client offered it.
+func chooseSubprotocol(offered []string, regionChose string) string {
+	if len(offered) > 0 {
+		switch strings.ToLower(offered[0]) {
+		case "token", "bearer":
+			return offered[0]
+		}
+	}
+	for _, p := range offered {
+		if p == regionChose && p != "" {
+			return p
+		}
+	}
+	return ""
+}
+
+func (s *wsRelay) upstreamURL(up *Upstream, r *http.Request) string {
+	var b strings.Builder
+	b.WriteString(up.wsScheme)
+	b.WriteString("://")
+	b.WriteString(up.URL.Host)
+	b.WriteString(up.URL.EscapedPath())
+	b.WriteString(r.URL.EscapedPath())
+	if r.URL.RawQuery != "" {
+		b.WriteByte('?')
+		b.WriteString(r.URL.RawQuery)
+	}
+	return b.String()
+}
+
+// upstreamHeader is the client's handshake headers minus hop-by-hop and
+// WebSocket mechanics, with forwarding headers and the region's own added.
+func (s *wsRelay) upstreamHeader(r *http.Request, x *exchange, up *Upstream) http.Header {
+	h := make(http.Header, len(r.Header)+len(up.Header)+4)
+	for _, c := range r.Header.Values("Connection") {
+		for _, name := range strings.Split(c, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h[http.CanonicalHeaderKey(name)] = nil // hop-by-hop by declaration
+			}
+		}
+	}
+	for k, v := range r.Header {
+		if wsSkipHeaders[k] {
+			continue
+		}
+		if _, hop := h[k]; hop {
+			continue
+		}
+		h[k] = v
+	}
+	for k, v := range h {
+		if v == nil {
+			delete(h, k)
+		}
+	}
+	setForwarded(h, r, x)
+	for k, v := range up.Header {
+		h[k] = v
+	}
+	h.Set("X-Request-Id", x.id)
+	return h
+}
+
+// refused answers the client when the region's handshake failed. A region
+// that answered (4xx, 5xx) has its status and body passed on, as Deepgram
+// clients expect to read them; one that could not be reached is a 502/504.
+func (s *wsRelay) refused(w http.ResponseWriter, r *http.Request, x *exchange, up *Upstream, resp *http.Response, err error) {
+	x.err = err
+	if resp != nil && errors.Is(err, websocket.ErrBadHandshake) {
+		x.release(health.Outcome{Status: resp.StatusCode, Latency: time.Since(x.attempt)})
+		h := w.Header()
+		for _, k := range []string{"Content-Type", "Retry-After", "Dg-Request-Id", "Dg-Error"} {
+			if v := resp.Header.Get(k); v != "" {
+				h.Set(k, v)
+			}
+		}
+		h.Set(routing.OverrideHeader, up.Name)
+		x.status = resp.StatusCode
+		w.WriteHeader(resp.StatusCode)
+		n, _ := io.Copy(w, resp.Body) // gorilla keeps at most 1 KiB of it
+		x.bytesOut = n
+		s.h.logAccess(r, x, up)
+		return
+	}
+	e := upstreamError(r.Context(), up.Name, err)
+	x.release(health.Outcome{Err: err, ClientGone: e.status == StatusClientClosed})
+	w.Header().Set(routing.OverrideHeader, up.Name)
+	s.h.reject(w, r, x, e)
+}
+
+// stream is one relayed WebSocket session.
+type stream struct {
+	client, region *websocket.Conn
+	grace          time.Duration
+
+	up, down pumpStats // client to region, region to client
+
+	closeStreamSent atomic.Bool // the client asked for final results
+	clientLost      atomic.Bool // the client's socket failed
+	clientClosed    atomic.Bool // a close frame has been sent to the client
+	regionClosed    atomic.Bool // a close frame has been sent to the region
+
+	clientClose, regionClose atomic.Int32 // the close codes each side sent (1006: none)
+}
+
+type pumpStats struct {
+	messages int64
+	bytes    int64
+}
+
+func newStream(client, region *websocket.Conn, o Options) *stream {
+	st := &stream{client: client, region: region, grace: o.CloseGrace}
+	if st.grace <= 0 {
+		st.grace = 5 * time.Second
+	}
+	if o.MaxMessageBytes > 0 {
+		client.SetReadLimit(o.MaxMessageBytes)
+		region.SetReadLimit(o.MaxMessageBytes)
+	}
+	// Close frames are relayed by the pumps, not answered by gorilla, so
+	// each side's answer comes from the other side.
+	noop := func(int, string) error { return nil }
+	client.SetCloseHandler(noop)
+	region.SetCloseHandler(noop)
+	return st
+}
+
+// run relays until both directions have ended, then closes both sockets.
+func (st *stream) run() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st.regionToClient()
+	}()
+	st.clientToRegion()
+	<-done
+	_ = st.client.Close()
+	_ = st.region.Close()
+}
+
+// clientToRegion pumps the client's messages to the region until the client
+// closes or fails, then tells the region.
+func (st *stream) clientToRegion() {
+	for {
+		mt, rd, err := st.client.NextReader()
+		if err != nil {
+			st.clientEnded(err)
+			return
+		}
+		if err := st.copyMessage(st.region, mt, rd, &st.up, true); err != nil {
+			if isReadErr(err) {
+				st.clientEnded(err.(readErr).err)
+				return
+			}
+			// The region's socket failed; the other pump sees it too and
+			// closes the client. Stop reading here.
+			_ = st.region.NetConn().Close()
+			st.clientClose.Store(int32(websocket.CloseAbnormalClosure))
+			return
+		}
+	}
+}
+
+// clientEnded passes the end of the client's side to the region.
+func (st *stream) clientEnded(err error) {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		st.clientClose.Store(int32(ce.Code))
+		st.closeRegion(ce.Code, ce.Text)
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla has sent the client 1009; the region hears we are going.
+		st.clientClose.Store(int32(websocket.CloseMessageTooBig))
+		st.clientClosed.Store(true)
+		st.closeRegion(websocket.CloseGoingAway, "client message too big")
+	default:
+		// The socket died with no close frame. A client that sent CloseStream
+		// (the Go SDK then drops TCP) still gets its final results drained
+		// from the region so the region can close cleanly; otherwise the
+		// region is told the client went away.
+		st.clientClose.Store(int32(websocket.CloseAbnormalClosure))
+		st.clientLost.Store(true)
+		if code := st.regionClose.Load(); endedCleanly(code) {
+			// The region's close went to a client that is gone: answer it.
+			st.closeRegion(int(code), "")
+		} else if st.closeStreamSent.Load() {
+			_ = st.region.SetReadDeadline(time.Now().Add(st.grace))
+		} else {
+			st.closeRegion(websocket.CloseGoingAway, "client went away")
+		}
+	}
+}
+
+// regionToClient pumps the region's messages to the client until the region
+// closes or fails, then tells the client.
+func (st *stream) regionToClient() {
+	for {
+		mt, rd, err := st.region.NextReader()
+		if err != nil {
+			st.regionEnded(err)
+			return
+		}
+		if st.clientLost.Load() {
+			// Drain: nobody to deliver to, but the region must finish.
+			_, err = io.Copy(io.Discard, rd)
+		} else {
+			err = st.copyMessage(st.client, mt, rd, &st.down, false)
+		}
+		if err != nil {
+			if isReadErr(err) {
+				st.regionEnded(err.(readErr).err)
+				return
+			}
+			// The client's socket failed mid-write; keep draining the region
+			// until the other pump has decided how it ends.
+			st.clientLost.Store(true)
+		}
+	}
+}
+
+// regionEnded passes the end of the region's side to the client.
+func (st *stream) regionEnded(err error) {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		st.regionClose.Store(int32(ce.Code))
+		if st.clientLost.Load() {
+			// Answer the region's close ourselves: the client cannot.
+			st.closeRegion(ce.Code, "")
+		}
+		st.closeClient(ce.Code, ce.Text)
+	case errors.Is(err, websocket.ErrReadLimit):
+		st.regionClose.Store(int32(websocket.CloseMessageTooBig))
+		st.regionClosed.Store(true)
+		st.closeClient(websocket.CloseInternalServerErr, "region message too big")
+	default:
+		st.regionClose.Store(int32(websocket.CloseAbnormalClosure))
+		st.regionClosed.Store(true) // nothing can be sent on a dead socket
+		if st.closeStreamSent.Load() || endedCleanly(st.clientClose.Load()) {
+			// Flux may end a stream after CloseStream with no close frame; a
+			// region that drops after the client closed has also finished.
+			st.closeClient(websocket.CloseNormalClosure, "")
+		} else {
+			st.closeClient(websocket.CloseInternalServerErr, "region connection lost")
+		}
+	}
+}
+
+// closeRegion sends the region a close frame once, and gives it the grace
+// period to answer.
+func (st *stream) closeRegion(code int, text string) {
+	if st.regionClosed.CompareAndSwap(false, true) {
+		_ = st.region.WriteControl(websocket.CloseMessage, closePayload(code, text), time.Now().Add(st.grace))
+	}
+	_ = st.region.SetReadDeadline(time.Now().Add(st.grace))
+}
+
+// closeClient sends the client a close frame once, and gives it the grace
+// period to answer.
+func (st *stream) closeClient(code int, text string) {
+	if st.clientClosed.CompareAndSwap(false, true) && !st.clientLost.Load() {
+		_ = st.client.WriteControl(websocket.CloseMessage, closePayload(code, text), time.Now().Add(st.grace))
+	}
+	_ = st.client.SetReadDeadline(time.Now().Add(st.grace))
+}
+
+// goAway ends the stream from the router's side: both peers get 1001.
+func (st *stream) goAway(reason string) {
+	st.closeRegion(websocket.CloseGoingAway, reason)
+	st.closeClient(websocket.CloseGoingAway, reason)
+}
+
+// kill cuts both sockets at once.
+func (st *stream) kill() {
+	_ = st.client.NetConn().Close()
+	_ = st.region.NetConn().Close()
+}
+
+// closePayload formats a close frame; codes that may not be sent on the
+// wire (1005 no status, 1006 abnormal, 1015 TLS) become an empty close.
+func closePayload(code int, text string) []byte {
+	switch code {
+	case websocket.CloseNoStatusReceived, websocket.CloseAbnormalClosure, websocket.CloseTLSHandshake:
+		return []byte{}
+	}
+	if len(text) > 123 { // a control frame's payload is at most 125 bytes
+		text = text[:123]
+	}
+	return websocket.FormatCloseMessage(code, text)
+}
+
+// readErr marks an error reading the source side of a message copy.
+type readErr struct{ err error }
+
+func (e readErr) Error() string { return e.err.Error() }
+
+func isReadErr(err error) bool {
+	_, ok := err.(readErr)
+	return ok
+}
+
+// copyMessage copies one message to dst, keeping its type. A client's text
+// message is sniffed for CloseStream, which changes how the stream ends.
+func (st *stream) copyMessage(dst *websocket.Conn, mt int, src io.Reader, stats *pumpStats, fromClient bool) error {
+	w, err := dst.NextWriter(mt)
+	if err != nil {
+		return err
+	}
+	var n int64
+	if fromClient && mt == websocket.TextMessage {
+		n, err = st.copyControl(w, src)
+	} else {
+		n, err = copyReads(w, src)
+	}
+	if err != nil {
+		_ = w.Close()
+		return err
+	}
+	stats.messages++
+	stats.bytes += n
+	return w.Close()
+}
+
+// copyControl copies a client's text message, noting CloseStream. Control
+// messages are small; the type is sniffed from the first bytes, not parsed.
+func (st *stream) copyControl(w io.Writer, src io.Reader) (int64, error) {
+	var head [256]byte
+	n, err := io.ReadFull(src, head[:])
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return 0, readErr{err}
+	}
+	if isCloseStream(head[:n]) {
+		st.closeStreamSent.Store(true)
+	}
+	if _, err := w.Write(head[:n]); err != nil {
+		return 0, err
+	}
+	if n < len(head) {
+		return int64(n), nil
+	}
+	rest, err := copyReads(w, src)
+	return int64(n) + rest, err
+}
+
+// copyReads is io.Copy that tells a failed read (the source side ended)
+// from a failed write.
+func copyReads(w io.Writer, src io.Reader) (int64, error) {
+	n, err := io.Copy(w, readTagger{src})
+	if err != nil {
+		if re, ok := err.(readErr); ok {
+			return n, re
+		}
+	}
+	return n, err
+}
+
+type readTagger struct{ r io.Reader }
+
+func (t readTagger) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = readErr{err}
+	}
+	return n, err
+}
+
+// isCloseStream reports whether msg is {"type":"CloseStream"}, by a sniff of
+// its type field.
+func isCloseStream(msg []byte) bool {
+	return string(messageType(msg)) == "CloseStream"
+}
+
+// endedCleanly reports whether a side sent a close frame.
+func endedCleanly(code int32) bool {
+	return code != 0 && code != websocket.CloseAbnormalClosure
+}
+
+// messageType finds the value of the first "type" key in a JSON object
+// without decoding it. It returns nil if there is none.
+func messageType(msg []byte) []byte {
+	const key = `"type"`
+	for i := 0; i+len(key) <= len(msg); i++ {
+		if msg[i] != '"' || string(msg[i:i+len(key)]) != key {
+			continue
+		}
+		j := i + len(key)
+		for j < len(msg) && (msg[j] == ' ' || msg[j] == '\t' || msg[j] == '\n' || msg[j] == '\r') {
+			j++
+		}
+		if j >= len(msg) || msg[j] != ':' {
+			continue
+		}
+		j++
+		for j < len(msg) && (msg[j] == ' ' || msg[j] == '\t' || msg[j] == '\n' || msg[j] == '\r') {
+			j++
+		}
+		if j >= len(msg) || msg[j] != '"' {
+			return nil
+		}
+		end := j + 1
+		for end < len(msg) && msg[end] != '"' {
+			end++
+		}
+		if end >= len(msg) {
+			return nil
+		}
+		return msg[j+1 : end]
+	}
+	return nil
+}
