@@ -319,9 +319,9 @@ func (st *stream) clientToRegion() {
 
 // clientEnded passes the end of the client's side to the region.
 func (st *stream) clientEnded(err error) {
-	var ce *websocket.CloseError
+	ce := closeFrame(err)
 	switch {
-	case errors.As(err, &ce):
+	case ce != nil:
 		st.clientClose.Store(int32(ce.Code))
 		st.closeRegion(ce.Code, ce.Text)
 	case errors.Is(err, websocket.ErrReadLimit):
@@ -376,9 +376,9 @@ func (st *stream) regionToClient() {
 
 // regionEnded passes the end of the region's side to the client.
 func (st *stream) regionEnded(err error) {
-	var ce *websocket.CloseError
+	ce := closeFrame(err)
 	switch {
-	case errors.As(err, &ce):
+	case ce != nil:
 		st.regionClose.Store(int32(ce.Code))
 		if st.clientLost.Load() {
 			// Answer the region's close ourselves: the client cannot.
@@ -400,6 +400,16 @@ func (st *stream) regionEnded(err error) {
 			st.closeClient(websocket.CloseInternalServerErr, "region connection lost")
 		}
 	}
+}
+
+// closeFrame returns the close frame a peer sent, or nil if the socket ended
+// without one (gorilla reports that as a CloseError with code 1006).
+func closeFrame(err error) *websocket.CloseError {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) && ce.Code != websocket.CloseAbnormalClosure {
+		return ce
+	}
+	return nil
 }
 
 // closeRegion sends the region a close frame once, and gives it the grace
@@ -440,7 +450,7 @@ func closePayload(code int, text string) []byte {
 		return []byte{}
 	}
 	if len(text) > 123 { // a control frame's payload is at most 125 bytes
-		text = text[:123]
+		text = strings.ToValidUTF8(text[:123], "")
 	}
 	return websocket.FormatCloseMessage(code, text)
 }

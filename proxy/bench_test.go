@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/gorilla/websocket"
+)
+
+// The benchmarks run each path twice, straight to the region ("direct") and
+// through the router, over loopback sockets, so the router's cost is the
+// difference. See docs/benchmarks.md.
+
+func echoRegion() *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if websocket.IsWebSocketUpgrade(r) {
+			c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			for {
+				mt, data, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				if err := c.WriteMessage(mt, data); err != nil {
+					return
+				}
+			}
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"metadata":{"duration":1.0},"results":{"channels":[]},"bytes":` + itoa(n) + `}`))
+	}))
+}
+
+func itoa(n int64) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// BenchmarkHTTPListen posts a 32 KiB audio body, as pre-recorded clients do.
+func BenchmarkHTTPListen(b *testing.B) {
+	region := echoRegion()
+	defer region.Close()
+	_, router := newTestProxy(b, region.URL, 0)
+	body := bytes.Repeat([]byte{1, 2, 3, 4}, 8<<10)
+	for _, target := range []struct{ name, url string }{{"direct", region.URL}, {"router", router.URL}} {
+		b.Run(target.name, func(b *testing.B) {
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+			defer client.CloseIdleConnections()
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := client.Post(target.url+"/v1/listen?model=nova-3", "", bytes.NewReader(body))
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkStreamRelay sends one 100 ms frame of 16 kHz linear16 audio
+// (3200 bytes) and waits for its echo: one op is a round trip through the
+// relay in both directions.
+func BenchmarkStreamRelay(b *testing.B) {
+	region := echoRegion()
+	defer region.Close()
+	_, router := newTestProxy(b, region.URL, 0)
+	frame := bytes.Repeat([]byte{7}, 3200)
+	for _, target := range []struct{ name, url string }{{"direct", region.URL}, {"router", router.URL}} {
+		b.Run(target.name, func(b *testing.B) {
+			c, _, err := websocket.DefaultDialer.Dial(strings.Replace(target.url, "http", "ws", 1)+"/v1/listen", nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := c.ReadMessage(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""))
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					break
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,216 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/earshot/earshot/health"
+	"github.com/earshot/earshot/routing"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestMessageType(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`{"type":"CloseStream"}`, "CloseStream"},
+		{`{ "type" : "Finalize" }`, "Finalize"},
+		{"{\n\t\"type\":\t\"KeepAlive\"\n}", "KeepAlive"},
+		{`{"x":"type","type":"Speak","text":"hi"}`, "Speak"},
+		{`{"types":"no","type":"Flush"}`, "Flush"},
+		{`{"type":5}`, ""},
+		{`{"type":"unterminated`, ""},
+		{`not json`, ""},
+		{``, ""},
+	} {
+		if got := string(messageType([]byte(tc.in))); got != tc.want {
+			t.Errorf("messageType(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestChooseSubprotocol(t *testing.T) {
+	for _, tc := range []struct {
+		offered []string
+		region  string
+		want    string
+	}{
+		{[]string{"token", "KEY"}, "", "token"},
+		{[]string{"bearer", "JWT"}, "bearer", "bearer"},
+		{[]string{"Token", "KEY"}, "", "Token"},
+		{[]string{"chat", "superchat"}, "superchat", "superchat"},
+		{[]string{"chat"}, "other", ""},
+		{nil, "", ""},
+	} {
+		if got := chooseSubprotocol(tc.offered, tc.region); got != tc.want {
+			t.Errorf("chooseSubprotocol(%v, %q) = %q, want %q", tc.offered, tc.region, got, tc.want)
+		}
+	}
+}
+
+func TestClosePayload(t *testing.T) {
+	for _, tc := range []struct {
+		code int
+		text string
+		want int // payload length
+	}{
+		{1000, "", 2},
+		{1011, "NET-0001", 10},
+		{1005, "ignored", 0},
+		{1006, "ignored", 0},
+		{4000, string(make([]byte, 200)), 125},
+	} {
+		if got := len(closePayload(tc.code, tc.text)); got != tc.want {
+			t.Errorf("closePayload(%d, %d bytes) has %d bytes, want %d", tc.code, len(tc.text), got, tc.want)
+		}
+	}
+}
+
+func TestUpstreamErrorMapping(t *testing.T) {
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	timeout := &net.OpError{Op: "dial", Err: timeoutErr{}}
+	for _, tc := range []struct {
+		name   string
+		ctx    context.Context
+		err    error
+		status int
+	}{
+		{"client gone", canceled, context.Canceled, StatusClientClosed},
+		{"too large", context.Background(), &http.MaxBytesError{Limit: 10}, 413},
+		{"timeout", context.Background(), timeout, 504},
+		{"deadline", context.Background(), context.DeadlineExceeded, 504},
+		{"refused", context.Background(), &net.OpError{Op: "dial", Err: fmt.Errorf("connection refused")}, 502},
+	} {
+		if got := upstreamError(tc.ctx, "r", tc.err).status; got != tc.status {
+			t.Errorf("%s: status %d, want %d", tc.name, got, tc.status)
+		}
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string { return "i/o timeout" }
+func (timeoutErr) Timeout() bool { return true }
+func (timeoutErr) Temporary() bool {
+	return true
+}
+
+// newTestProxy serves a Handler in front of one upstream.
+func newTestProxy(tb testing.TB, upstream string, capacity int) (*Handler, *httptest.Server) {
+	tb.Helper()
+	u, err := url.Parse(upstream)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	hr := health.NewRegion("r", capacity)
+	snap := &Snapshot{
+		Table:     routing.NewTable([]*routing.Region{{Name: "r", Load: hr}}, false),
+		Upstreams: map[string]*Upstream{"r": NewUpstream("r", u, http.Header{}, hr)},
+	}
+	h := New(snap, Options{
+		ConnectTimeout: time.Second, ResponseTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second,
+		CloseGrace: time.Second, MaxBodyBytes: 1 << 20, MaxMessageBytes: 1 << 20,
+	})
+	srv := httptest.NewServer(h)
+	tb.Cleanup(func() {
+		srv.Close()
+		h.Shutdown(context.Background())
+		h.Close()
+	})
+	return h, srv
+}
+
+func TestCapacityIsHeldUntilTheBodyIsDone(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("first"))
+		w.(http.Flusher).Flush()
+		<-release
+	}))
+	defer up.Close()
+	h, srv := newTestProxy(t, up.URL, 1)
+	hr := h.Snapshot().Upstreams["r"].Health
+
+	resp, err := http.Get(srv.URL + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	if hr.InFlight() != 1 {
+		t.Errorf("in flight while the body streams = %d, want 1", hr.InFlight())
+	}
+	// Full: the next request is refused by the router, not sent.
+	resp2, err := http.Get(srv.URL + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	if resp2.StatusCode != 503 {
+		t.Errorf("second request = %d, want 503", resp2.StatusCode)
+	}
+	close(release)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for hr.InFlight() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("capacity not released after the body ended")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if hr.Count(health.Success) != 1 {
+		t.Errorf("successes = %d, want 1", hr.Count(health.Success))
+	}
+}
+
+func TestShutdownClosesStreamsWith1001(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}))
+	defer up.Close()
+	h, srv := newTestProxy(t, up.URL, 0)
+	c, _, err := websocket.DefaultDialer.Dial("ws"+srv.URL[len("http"):]+"/v1/listen", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan struct{})
+	go func() {
+		h.Shutdown(context.Background())
+		close(done)
+	}()
+	_, _, err = c.ReadMessage()
+	if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		t.Errorf("read during shutdown: %v, want close 1001", err)
+	}
+	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1001, ""), time.Now().Add(time.Second))
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not finish")
+	}
+}
