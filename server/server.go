@@ -1,0 +1,245 @@
+// Package server assembles a running router from a config: it starts the
+// simulated engines of sim:// regions, builds each region's health state,
+// the routing table and the proxy, and serves the API and admin listeners
+// until its context ends, then stops gracefully.
+//
+// It is the composition root; the packages it wires know nothing of each
+// other beyond the small interfaces they declare.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/earshot/earshot/config"
+	"github.com/earshot/earshot/health"
+	"github.com/earshot/earshot/proxy"
+	"github.com/earshot/earshot/routing"
+	"github.com/earshot/earshot/sim"
+)
+
+// Server is a configured router.
+type Server struct {
+	cfg     *config.Config
+	log     *zap.Logger
+	proxy   *proxy.Handler
+	sims    map[string]*sim.Server
+	regions []*regionState
+}
+
+type regionState struct {
+	name   string
+	kind   string // "sim" or "http"
+	url    string // safe to show: credentials are not allowed in region URLs
+	health *health.Region
+}
+
+// New builds a router from cfg. It starts the simulated engines of sim://
+// regions on loopback ports; Close stops them.
+func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, sims: make(map[string]*sim.Server)}
+	snap := &proxy.Snapshot{Upstreams: make(map[string]*proxy.Upstream, len(cfg.Regions))}
+	var table []*routing.Region
+	for i := range cfg.Regions {
+		rc := &cfg.Regions[i]
+		base := rc.Base()
+		kind := "http"
+		if rc.IsSim() {
+			srv, err := s.startSim(rc)
+			if err != nil {
+				s.Close()
+				return nil, fmt.Errorf("start simulated region %s: %w", rc.Name, err)
+			}
+			base, _ = url.Parse(srv.URL())
+			kind = "sim"
+		}
+		h := health.NewRegion(rc.Name, rc.Capacity)
+		snap.Upstreams[rc.Name] = proxy.NewUpstream(rc.Name, base, rc.UpstreamHeader(), h)
+		table = append(table, &routing.Region{Name: rc.Name, Load: h})
+		s.regions = append(s.regions, &regionState{name: rc.Name, kind: kind, url: base.String(), health: h})
+	}
+	snap.Table = routing.NewTable(table, cfg.Routing.AllowClientOverride)
+	s.proxy = proxy.New(snap, proxy.Options{
+		Logger:           log,
+		TrustedProxies:   cfg.Routing.Trusted(),
+		ConnectTimeout:   cfg.Timeouts.Connect,
+		ResponseTimeout:  cfg.Timeouts.Response,
+		HandshakeTimeout: cfg.Timeouts.Handshake,
+		CloseGrace:       cfg.Timeouts.CloseGrace,
+		MaxBodyBytes:     int64(cfg.Limits.MaxBodyBytes),
+		MaxMessageBytes:  int64(cfg.Limits.MaxMessageBytes),
+	})
+	return s, nil
+}
+
+func (s *Server) startSim(rc *config.Region) (*sim.Server, error) {
+	o := sim.Options{Region: rc.Name, Logger: s.log.Named("sim").With(zap.String("sim_region", rc.Name))}
+	if c := rc.Sim; c != nil {
+		o.Latency, o.Capacity, o.FullStatus = c.Latency, c.Capacity, c.FullStatus
+		o.SilenceTimeout, o.Mode = c.SilenceTimeout, sim.Mode(c.Mode)
+	}
+	srv, err := sim.Start("127.0.0.1:0", o)
+	if err != nil {
+		return nil, err
+	}
+	s.sims[rc.Name] = srv
+	return srv, nil
+}
+
+// Handler is the API handler (the data path).
+func (s *Server) Handler() http.Handler { return s.proxy }
+
+// Sim returns the simulated engine of a sim:// region, or nil.
+func (s *Server) Sim(region string) *sim.Server { return s.sims[region] }
+
+// Run listens on the configured addresses and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	api, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	admin, err := net.Listen("tcp", s.cfg.Admin)
+	if err != nil {
+		_ = api.Close()
+		return fmt.Errorf("listen admin: %w", err)
+	}
+	return s.Serve(ctx, api, admin)
+}
+
+// Serve serves the API on api and the admin endpoints on admin until ctx
+// ends, then shuts down within the configured deadline. It closes both
+// listeners.
+func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
+	t := s.cfg.Timeouts
+	apiSrv := &http.Server{
+		Handler:           s.proxy,
+		ReadHeaderTimeout: t.ReadHeader,
+		IdleTimeout:       t.Idle,
+		MaxHeaderBytes:    int(s.cfg.Limits.MaxHeaderBytes),
+		ErrorLog:          zap.NewStdLog(s.log.Named("http")),
+	}
+	adminSrv := &http.Server{
+		Handler:           s.adminHandler(),
+		ReadHeaderTimeout: t.ReadHeader,
+		IdleTimeout:       t.Idle,
+		ErrorLog:          zap.NewStdLog(s.log.Named("admin")),
+	}
+	s.log.Info("serving", zap.String("listen", api.Addr().String()), zap.String("admin", admin.Addr().String()),
+		zap.Int("regions", len(s.regions)))
+
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	for _, p := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{apiSrv, api}, {adminSrv, admin}} {
+		wg.Go(func() {
+			if err := p.srv.Serve(p.ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		})
+	}
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.log.Info("shutting down", zap.Duration("deadline", t.Shutdown))
+	sctx, cancel := context.WithTimeout(context.Background(), t.Shutdown)
+	defer cancel()
+	if e := apiSrv.Shutdown(sctx); e != nil {
+		_ = apiSrv.Close()
+	}
+	s.proxy.Shutdown(sctx)
+	_ = adminSrv.Shutdown(sctx)
+	wg.Wait()
+	return err
+}
+
+// Close stops the simulated engines and idle upstream connections.
+func (s *Server) Close() {
+	if s.proxy != nil {
+		s.proxy.Close()
+	}
+	for _, srv := range s.sims {
+		_ = srv.Close()
+	}
+}
+
+// adminHandler serves /healthz, /status and the simulated engines' switches.
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /status", s.serveStatus)
+	mux.HandleFunc("POST /sim/{region}/mode", s.serveSimMode)
+	return mux
+}
+
+type regionStatus struct {
+	Name      string            `json:"name"`
+	Kind      string            `json:"kind"`
+	URL       string            `json:"url"`
+	InFlight  int               `json:"in_flight"`
+	Capacity  int               `json:"capacity"`
+	LatencyMS float64           `json:"latency_ms"`
+	Outcomes  map[string]uint64 `json:"outcomes"`
+	SimMode   string            `json:"sim_mode,omitempty"`
+}
+
+func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	out := struct {
+		Regions []regionStatus `json:"regions"`
+	}{}
+	for _, r := range s.regions {
+		st := regionStatus{
+			Name: r.name, Kind: r.kind, URL: r.url,
+			InFlight: r.health.InFlight(), Capacity: r.health.Capacity(),
+			LatencyMS: float64(r.health.Latency()) / float64(time.Millisecond),
+			Outcomes:  map[string]uint64{},
+		}
+		for k := health.Success; k <= health.Canceled; k++ {
+			st.Outcomes[k.String()] = r.health.Count(k)
+		}
+		if srv := s.sims[r.name]; srv != nil {
+			st.SimMode = string(srv.Engine().Mode())
+		}
+		out.Regions = append(out.Regions, st)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
+}
+
+// serveSimMode switches a simulated region's failure mode:
+// POST /sim/us-east/mode?mode=refuse (ok, refuse, hang, die).
+func (s *Server) serveSimMode(w http.ResponseWriter, r *http.Request) {
+	srv := s.sims[r.PathValue("region")]
+	if srv == nil {
+		http.Error(w, "no simulated region of that name", http.StatusNotFound)
+		return
+	}
+	m := sim.Mode(r.URL.Query().Get("mode"))
+	switch m {
+	case sim.ModeOK, sim.ModeRefuse, sim.ModeHang, sim.ModeDie:
+	default:
+		http.Error(w, "mode must be ok, refuse, hang or die", http.StatusBadRequest)
+		return
+	}
+	srv.SetMode(m)
+	s.log.Info("simulated region mode changed", zap.String("region", r.PathValue("region")), zap.String("mode", string(m)))
+	w.WriteHeader(http.StatusNoContent)
+}
