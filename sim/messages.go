@@ -133,17 +133,11 @@ type resultsMessage struct {
 	Metadata     resultsMetadata `json:"metadata"`
 }
 
+// streamMetadata is the Metadata message that ends a stream: the pre-recorded
+// metadata with a type.
 type streamMetadata struct {
-	Type           string               `json:"type"`
-	TransactionKey string               `json:"transaction_key"`
-	RequestID      string               `json:"request_id"`
-	Sha256         string               `json:"sha256"`
-	Created        string               `json:"created"`
-	Duration       float64              `json:"duration"`
-	Channels       int                  `json:"channels"`
-	Models         []string             `json:"models"`
-	ModelInfo      map[string]modelInfo `json:"model_info"`
-	Extra          map[string]string    `json:"extra,omitempty"`
+	Type string `json:"type"`
+	listenMetadata
 }
 
 type utteranceEndMessage struct {

@@ -270,13 +270,13 @@ func (s *session) finishListen(tr *transcriber, sum hash.Hash, p listenParams) {
 		s.undecodable(err)
 		return
 	}
-	err := s.sendJSON(streamMetadata{
-		Type: "Metadata", TransactionKey: "deprecated", RequestID: s.id,
+	err := s.sendJSON(streamMetadata{Type: "Metadata", listenMetadata: listenMetadata{
+		TransactionKey: "deprecated", RequestID: s.id,
 		Sha256: hex.EncodeToString(sum.Sum(nil)), Created: created(s.started),
 		Duration: tr.duration(), Channels: tr.dec.channels,
 		Models: []string{sttModelUUID}, ModelInfo: map[string]modelInfo{sttModelUUID: sttModelInfo()},
 		Extra: p.extra,
-	})
+	}})
 	if err != nil {
 		return
 	}
