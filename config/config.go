@@ -85,23 +85,6 @@ type Limits struct {
 	MaxMessageBytes ByteSize `yaml:"max_message_bytes"`
 }
 
-// Routing controls how a request's region is chosen.
-type Routing struct {
-	// AllowClientOverride lets a client pick its region with the request
-	// header X-Earshot-Region. Default false. Useful for tests and debugging;
-	// leave it off where clients must not choose.
-	AllowClientOverride bool `yaml:"allow_client_override"`
-	// TrustedProxies are the CIDRs (or single addresses) of load balancers in
-	// front of the router whose X-Forwarded-For / X-Forwarded-Proto headers
-	// are believed. Headers from anyone else are replaced. Default none.
-	TrustedProxies []string `yaml:"trusted_proxies"`
-
-	trusted []netip.Prefix
-}
-
-// Trusted reports the parsed TrustedProxies.
-func (r *Routing) Trusted() []netip.Prefix { return r.trusted }
-
 // Region is one upstream deployment of the speech engine.
 type Region struct {
 	// Name identifies the region in logs, metrics and X-Earshot-Region.
@@ -171,6 +154,7 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&l.MaxBodyBytes, 2*GiB)
 	setDefault(&l.MaxMessageBytes, 4*MiB)
 
+	setDefault(&c.Routing.LatencyAllowance, 150*time.Millisecond)
 	for i := range c.Regions {
 		if s := c.Regions[i].Sim; s != nil {
 			setDefault(&s.FullStatus, 503)
@@ -226,15 +210,6 @@ func (c *Config) Validate() error {
 		}
 	}
 
-	c.Routing.trusted = c.Routing.trusted[:0]
-	for i, s := range c.Routing.TrustedProxies {
-		p, err := parsePrefix(s)
-		if err != nil {
-			return c.errorf(fmt.Sprintf("routing.trusted_proxies[%d]", i), "%v", err)
-		}
-		c.Routing.trusted = append(c.Routing.trusted, p)
-	}
-
 	if len(c.Regions) == 0 {
 		return c.errorf("regions", "at least one region is required")
 	}
@@ -251,7 +226,7 @@ func (c *Config) Validate() error {
 		}
 		seen[r.Name] = i
 	}
-	return nil
+	return c.validateRouting()
 }
 
 func checkAddr(addr string) error {

@@ -82,6 +82,7 @@ regions:
       X-Team: earshot
   - name: sim-one
     url: sim://one
+    location: {lat: 1.35, lon: 103.8}
     sim: {latency: 25ms, full_status: 429, mode: refuse}
 `, secretFile)))
 	if err != nil {
@@ -136,9 +137,11 @@ regions:
 regions:
   - name: a
     url: http://a
+    location: {lat: 1, lon: 1}
   - name: a
     url: http://b
-`, `test.yaml:5: regions[1].name: duplicate region name "a" (first defined at line 3)`},
+    location: {lat: 1, lon: 1}
+`, `test.yaml:6: regions[1].name: duplicate region name "a" (first defined at line 3)`},
 		{"bad scheme", `
 regions:
   - name: a

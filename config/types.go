@@ -192,11 +192,9 @@ func (r *Region) validate() error {
 	if r.Sim != nil && u.Scheme != "sim" {
 		return ferr("sim", "only a sim:// region takes sim options")
 	}
-	if r.Location.Lat < -90 || r.Location.Lat > 90 {
-		return ferr("location.lat", "%v is outside -90..90", r.Location.Lat)
-	}
-	if r.Location.Lon < -180 || r.Location.Lon > 180 {
-		return ferr("location.lon", "%v is outside -180..180", r.Location.Lon)
+	if err := r.Location.validate(); err != nil {
+		fe := err.(*fieldError)
+		return ferr("location."+fe.field, "%s", fe.msg)
 	}
 	if r.Capacity < 0 {
 		return ferr("capacity", "must not be negative")
@@ -226,6 +224,9 @@ func (r *Region) validate() error {
 		if s.Latency < 0 || s.SilenceTimeout < 0 || s.Capacity < 0 {
 			return ferr("sim", "latency, silence_timeout and capacity must not be negative")
 		}
+	}
+	if r.Location == (Location{}) {
+		return ferr("location", "is required: {lat: ..., lon: ...} of the region's data centre, for routing by distance")
 	}
 	return nil
 }

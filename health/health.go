@@ -8,6 +8,13 @@
 // free and the caller gives it back with Done, reporting how the attempt
 // ended. Later stages feed the same outcomes to active probes and circuit
 // breakers; callers do not change.
+//
+// Capacity is learned as well as configured. A region that answers 429 or
+// 503 ("full") while the router thought it had room was configured too
+// high: its capacity drops to below what was in flight, and then grows back
+// by one for every capacity's worth of successes (additive increase,
+// multiplicative decrease, as TCP's congestion window), never above the
+// configured number.
 package health
 
 import (
@@ -21,7 +28,9 @@ import (
 // Region is one region's live state.
 type Region struct {
 	name     string
-	capacity int64 // 0: unlimited
+	capacity int64 // configured; 0: unlimited
+
+	learned  atomic.Int64 // capacity learned from answers, in thousandths
 
 	inFlight atomic.Int64
 	ewmaNano atomic.Int64 // smoothed latency of successful attempts
@@ -33,14 +42,27 @@ type Region struct {
 // NewRegion returns the state of a region that takes capacity concurrent
 // requests and streams (0: unlimited).
 func NewRegion(name string, capacity int) *Region {
-	return &Region{name: name, capacity: int64(capacity)}
+	r := &Region{name: name, capacity: int64(capacity)}
+	r.learned.Store(int64(capacity) * milli)
+	return r
 }
+
+const milli = 1000
 
 // Name is the region's configured name.
 func (r *Region) Name() string { return r.name }
 
-// Capacity is the configured concurrent capacity; 0 means unlimited.
-func (r *Region) Capacity() int { return int(r.capacity) }
+// Capacity is the concurrent capacity now believed: the configured one, or
+// less after the region said it was full. 0 means unlimited.
+func (r *Region) Capacity() int {
+	if r.capacity == 0 {
+		return 0
+	}
+	return int(max(1, r.learned.Load()/milli))
+}
+
+// Configured is the configured capacity; 0 means unlimited.
+func (r *Region) Configured() int { return int(r.capacity) }
 
 // InFlight is the number of requests and streams now held.
 func (r *Region) InFlight() int { return int(r.inFlight.Load()) }
@@ -55,20 +77,70 @@ func (r *Region) Count(k Kind) uint64 { return r.counts[k].Load() }
 // nothing, when the region is full. Every true must be paired with one Done.
 func (r *Region) TryAcquire() bool {
 	n := r.inFlight.Add(1)
-	if r.capacity > 0 && n > r.capacity {
+	if c := r.Capacity(); c > 0 && n > int64(c) {
 		r.inFlight.Add(-1)
 		return false
 	}
 	return true
 }
 
+// Acquire reserves one unit of capacity even when the region is full: for
+// when every region is full and the least loaded must take the work.
+func (r *Region) Acquire() { r.inFlight.Add(1) }
+
+// Load is the fraction of capacity in use; 0 for an unlimited region.
+func (r *Region) Load() float64 {
+	c := r.Capacity()
+	if c == 0 {
+		return 0
+	}
+	return float64(r.InFlight()) / float64(c)
+}
+
 // Done gives back a reservation and records how the attempt ended.
 func (r *Region) Done(o Outcome) {
-	r.inFlight.Add(-1)
+	held := r.inFlight.Add(-1) + 1 // in flight when the answer came, this one included
 	k := o.Kind()
 	r.counts[k].Add(1)
-	if k == Success && o.Latency > 0 {
-		r.observeLatency(o.Latency)
+	switch k {
+	case Success:
+		if o.Latency > 0 {
+			r.observeLatency(o.Latency)
+		}
+		r.grow()
+	case Full:
+		r.shrink(held)
+	}
+}
+
+// shrink lowers the learned capacity after a "full" answer that came with
+// held attempts in flight: to under held, and at least by a tenth.
+func (r *Region) shrink(held int64) {
+	if r.capacity == 0 {
+		return
+	}
+	for {
+		old := r.learned.Load()
+		next := max(milli, min(old*9/10, (held-1)*milli))
+		if next >= old || r.learned.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// grow raises the learned capacity by one per capacity's worth of
+// successes, up to the configured capacity.
+func (r *Region) grow() {
+	limit := r.capacity * milli
+	for {
+		old := r.learned.Load()
+		if old >= limit {
+			return
+		}
+		next := min(limit, old+milli*milli/max(old, milli))
+		if r.learned.CompareAndSwap(old, next) {
+			return
+		}
 	}
 }
 

@@ -16,15 +16,16 @@ const StatusClientClosed = 499
 
 // Error codes in Deepgram's error shape.
 const (
-	codeBadRequest      = "BAD_REQUEST"
-	codeNotFound        = "NOT_FOUND"
-	codeMethod          = "METHOD_NOT_ALLOWED"
-	codeTooLarge        = "PAYLOAD_TOO_LARGE"
-	codeNoRegion        = "NO_REGION_AVAILABLE"
-	codeBadGateway      = "BAD_GATEWAY"
-	codeGatewayTimeout  = "GATEWAY_TIMEOUT"
-	codeInternal        = "INTERNAL_SERVER_ERROR"
-	codeClientClosedReq = "CLIENT_CLOSED_REQUEST"
+	codeBadRequest       = "BAD_REQUEST"
+	codeNotFound         = "NOT_FOUND"
+	codeMethod           = "METHOD_NOT_ALLOWED"
+	codeTooLarge         = "PAYLOAD_TOO_LARGE"
+	codeNoRegion         = "NO_REGION_AVAILABLE"
+	codeRegionNotAllowed = "REGION_NOT_ALLOWED"
+	codeBadGateway       = "BAD_GATEWAY"
+	codeGatewayTimeout   = "GATEWAY_TIMEOUT"
+	codeInternal         = "INTERNAL_SERVER_ERROR"
+	codeClientClosedReq  = "CLIENT_CLOSED_REQUEST"
 )
 
 // apiError is an error the router answers itself, in Deepgram's shape.
@@ -39,6 +40,13 @@ func (e *apiError) Error() string { return e.msg }
 // errNoRegion is answered when no candidate can take the request.
 var errNoRegion = &apiError{http.StatusServiceUnavailable, codeNoRegion,
 	"No region can take this request now; retry shortly."}
+
+// errResidencyFull is answered when every region a client's residency rule
+// allows is full; the client is never sent elsewhere.
+func errResidencyFull(rule string) *apiError {
+	return &apiError{http.StatusServiceUnavailable, codeNoRegion,
+		"Every region allowed by residency rule " + quotePath(rule) + " is busy; retry shortly."}
+}
 
 // retryAfterSeconds is the Retry-After sent with errNoRegion.
 const retryAfterSeconds = 1

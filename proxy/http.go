@@ -13,7 +13,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/earshot/earshot/health"
-	"github.com/earshot/earshot/routing"
 )
 
 // httpForwarder forwards plain HTTP requests with httputil.ReverseProxy.
@@ -125,17 +124,17 @@ func setForwarded(out http.Header, in *http.Request, x *exchange) {
 	if in.TLS != nil {
 		proto = "https"
 	}
-	if x.trusted {
+	if x.client.Trusted {
 		if prior := in.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-			out.Set("X-Forwarded-For", joinComma(prior)+", "+hostOnly(x.clientIP))
+			out.Set("X-Forwarded-For", joinComma(prior)+", "+hostOnly(x.client.Peer))
 		} else {
-			out.Set("X-Forwarded-For", hostOnly(x.clientIP))
+			out.Set("X-Forwarded-For", hostOnly(x.client.Peer))
 		}
 		if p := in.Header.Get("X-Forwarded-Proto"); p == "http" || p == "https" {
 			proto = p
 		}
 	} else {
-		out.Set("X-Forwarded-For", hostOnly(x.clientIP))
+		out.Set("X-Forwarded-For", hostOnly(x.client.Peer))
 	}
 	out.Set("X-Forwarded-Proto", proto)
 	if in.Host != "" {
@@ -164,15 +163,18 @@ func joinComma(v []string) string {
 func (f *httpForwarder) modifyResponse(resp *http.Response) error {
 	x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
 	h := resp.Header
-	h.Set(routing.OverrideHeader, x.up.Name)
+	x.setRouteHeaders(h)
 	h.Set("X-Request-Id", x.id)
 	if h.Get("Dg-Request-Id") == "" {
 		h.Set("Dg-Request-Id", x.id)
 	}
 	// Health learns of the answer now; capacity is held until the body is done.
 	x.status = resp.StatusCode
-	latency := time.Since(x.attempt)
-	resp.Body = &releaseOnClose{ReadCloser: resp.Body, x: x, outcome: health.Outcome{Status: resp.StatusCode, Latency: latency}}
+	o := health.Outcome{Status: resp.StatusCode}
+	if measuresLatency(resp.Request.URL.Path) {
+		o.Latency = time.Since(x.attempt)
+	}
+	resp.Body = &releaseOnClose{ReadCloser: resp.Body, x: x, outcome: o}
 	return nil
 }
 
@@ -181,7 +183,7 @@ func (f *httpForwarder) errorHandler(w http.ResponseWriter, r *http.Request, err
 	e := upstreamError(r.Context(), x.up.Name, err)
 	x.err = err
 	x.release(health.Outcome{Err: err, ClientGone: e.status == StatusClientClosed})
-	w.Header().Set(routing.OverrideHeader, x.up.Name)
+	x.setRouteHeaders(w.Header())
 	writeError(w, e, x.id)
 }
 
@@ -265,3 +267,12 @@ func (p *bufferPool) Get() []byte {
 }
 
 func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }
+
+// measuresLatency reports whether the time to a response's headers on path
+// says how far away the region is. Pre-recorded transcription and text
+// intelligence answer only when the work is done, so their time says more
+// about the audio than the region; handshakes, models and the first chunk
+// of speech do not wait on the work.
+func measuresLatency(path string) bool {
+	return path != "/v1/listen" && path != "/v1/read"
+}

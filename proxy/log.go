@@ -23,7 +23,7 @@ func (h *Handler) logAccess(r *http.Request, x *exchange, up *Upstream, extra ..
 	if up != nil {
 		region = up.Name
 	}
-	fields := make([]zap.Field, 0, 12+len(extra))
+	fields := make([]zap.Field, 0, 14+len(extra))
 	fields = append(fields,
 		zap.String("request_id", x.id),
 		zap.String("method", r.Method),
@@ -31,7 +31,9 @@ func (h *Handler) logAccess(r *http.Request, x *exchange, up *Upstream, extra ..
 		zap.Int("status", x.status),
 		zap.String("region", region),
 		zap.String("reason", string(x.reason)),
-		zap.String("client_ip", hostOnly(x.clientIP)),
+		zap.String("client_ip", hostOnly(x.client.IP)),
+		zap.String("country", x.client.Place.Country),
+		zap.Stringer("geo", x.client.Place.Source),
 		zap.Int64("bytes_in", x.bytesIn.Load()),
 		zap.Int64("bytes_out", x.bytesOut),
 		zap.Duration("duration", time.Since(x.start)),

@@ -53,14 +53,14 @@ func NewUpstream(name string, base *url.URL, header http.Header, h *health.Regio
 
 // Snapshot is the routing table and the regions it names. It is immutable.
 type Snapshot struct {
+	Locator   *routing.Locator
 	Table     *routing.Table
 	Upstreams map[string]*Upstream // by region name
 }
 
 // Options configure a Handler.
 type Options struct {
-	Logger         *zap.Logger
-	TrustedProxies []netip.Prefix
+	Logger *zap.Logger
 
 	ConnectTimeout   time.Duration // dialling a region
 	ResponseTimeout  time.Duration // a region's response headers
@@ -84,6 +84,7 @@ type Handler struct {
 	routes map[string]route
 
 	mu      sync.Mutex
+	closing bool                 // Shutdown has begun
 	streams map[*stream]struct{} // open streams, for shutdown
 	wg      sync.WaitGroup       // one per open stream
 }
@@ -117,6 +118,7 @@ func (h *Handler) Close() { h.http.closeIdle() }
 // connections.
 func (h *Handler) Shutdown(ctx context.Context) {
 	h.mu.Lock()
+	h.closing = true
 	for st := range h.streams {
 		st.goAway("router shutting down")
 	}
@@ -138,9 +140,14 @@ func (h *Handler) Shutdown(ctx context.Context) {
 	}
 }
 
+// track registers an open stream for Shutdown. It reports false, tracking
+// nothing, once Shutdown has begun.
 func (h *Handler) track(st *stream) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
 	h.streams[st] = struct{}{}
 	h.wg.Add(1)
 	return true
@@ -175,14 +182,14 @@ func apiRoutes() map[string]route {
 
 // exchange is one request or stream's bookkeeping, from arrival to log line.
 type exchange struct {
-	id       string
-	start    time.Time
-	clientIP netip.Addr
-	trusted  bool // the peer is a trusted proxy
-	snap     *Snapshot
-	up       *Upstream
-	reason   routing.Reason
-	attempt  time.Time // when the request was sent to the region
+	id      string
+	start   time.Time
+	client  routing.Client
+	snap    *Snapshot
+	up      *Upstream
+	reason  routing.Reason
+	rule    string    // the residency rule confining the client, if any
+	attempt time.Time // when the request was sent to the region
 
 	status   int
 	bytesIn  atomic.Int64 // the request body may be read by the transport's goroutine
@@ -193,7 +200,7 @@ type exchange struct {
 // ServeHTTP dispatches a request to the HTTP forwarder or the stream relay.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{id: requestID(r), start: time.Now(), snap: h.snap.Load()}
-	x.clientIP, x.trusted = h.peer(r)
+	x.client = x.snap.Locator.Locate(r)
 	w.Header().Set("X-Request-Id", x.id)
 	defer h.recoverPanic(w, x)
 
@@ -237,43 +244,55 @@ func (h *Handler) recoverPanic(w http.ResponseWriter, x *exchange) {
 	}
 }
 
-// peer returns the client's address and whether it is a trusted proxy.
-func (h *Handler) peer(r *http.Request) (netip.Addr, bool) {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	ip := ap.Addr().Unmap()
-	for _, p := range h.opts.TrustedProxies {
-		if p.Contains(ip) {
-			return ip, true
-		}
-	}
-	return ip, false
-}
-
-// acquire takes the first candidate whose region admits the request. It
-// returns nil when every candidate is full.
+// acquire takes the first candidate whose region admits the request. When
+// all are full, the least loaded by ratio takes it anyway, unless the client
+// is confined by a residency rule: a rule's regions are never overloaded on
+// its behalf.
 func (h *Handler) acquire(r *http.Request, x *exchange) (*Upstream, *apiError) {
-	var buf [8]routing.Candidate
-	cands, err := x.snap.Table.Select(buf[:0], r)
-	if err != nil {
+	var buf [routing.MaxRegions]*routing.Region
+	d, err := x.snap.Table.Select(buf[:0], routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader)})
+	switch {
+	case errors.Is(err, routing.ErrNotAllowed):
+		return nil, &apiError{http.StatusForbidden, codeRegionNotAllowed, err.Error() + "."}
+	case err != nil:
 		return nil, &apiError{http.StatusBadRequest, codeBadRequest, err.Error() + " in " + routing.OverrideHeader + "."}
 	}
-	skipped := false
-	for _, c := range cands {
-		up := x.snap.Upstreams[c.Region.Name]
-		if up == nil || !up.Health.TryAcquire() {
-			skipped = true
-			continue
+	x.rule = d.Rule
+	least, leastLoad := -1, 0.0
+	for i, reg := range d.Candidates {
+		up := x.snap.Upstreams[reg.Name]
+		if up.Health.TryAcquire() {
+			x.take(up, d, i)
+			return up, nil
 		}
-		x.up, x.reason = up, c.Reason
-		if skipped && c.Reason != routing.Override {
-			x.reason = routing.Spillover
+		if l := up.Health.Load(); least < 0 || l < leastLoad {
+			least, leastLoad = i, l
 		}
-		return up, nil
 	}
-	return nil, errNoRegion
+	if d.Rule != "" {
+		return nil, errResidencyFull(d.Rule)
+	}
+	if least < 0 {
+		return nil, errNoRegion
+	}
+	up := x.snap.Upstreams[d.Candidates[least].Name]
+	up.Health.Acquire()
+	x.take(up, d, least)
+	return up, nil
+}
+
+// take records that up, the i-th candidate of d, serves the exchange.
+func (x *exchange) take(up *Upstream, d routing.Decision, i int) {
+	x.up, x.reason = up, d.Reason
+	if i > 0 {
+		x.reason = routing.Spillover
+	}
+}
+
+// setRouteHeaders names the serving region and why it was chosen.
+func (x *exchange) setRouteHeaders(h http.Header) {
+	h.Set(routing.OverrideHeader, x.up.Name)
+	h.Set(routing.RouteHeader, string(x.reason))
 }
 
 // release gives the region back its capacity and reports the outcome.

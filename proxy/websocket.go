@@ -15,7 +15,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/earshot/earshot/health"
-	"github.com/earshot/earshot/routing"
 )
 
 // wsRelay relays WebSocket streams message by message.
@@ -98,7 +97,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	outcome := health.Outcome{Status: resp.StatusCode, Latency: time.Since(x.attempt)}
 
 	respHeader := http.Header{}
-	respHeader.Set(routing.OverrideHeader, up.Name)
+	x.setRouteHeaders(respHeader)
 	respHeader.Set("X-Request-Id", x.id)
 	if id := resp.Header.Get("Dg-Request-Id"); id != "" {
 		respHeader.Set("Dg-Request-Id", id)
@@ -122,9 +121,14 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.status = http.StatusSwitchingProtocols
 
 	st := newStream(clientConn, upConn, s.h.opts)
-	s.h.track(st)
-	st.run()
-	s.h.untrack(st)
+	if s.h.track(st) {
+		st.run()
+		s.h.untrack(st)
+	} else {
+		// Shutdown began during the handshake: end the stream at once.
+		st.goAway("router shutting down")
+		st.run()
+	}
 	x.bytesIn.Store(st.up.bytes)
 	x.bytesOut = st.down.bytes
 	x.release(outcome)
@@ -230,7 +234,7 @@ func (s *wsRelay) refused(w http.ResponseWriter, r *http.Request, x *exchange, u
 				h.Set(k, v)
 			}
 		}
-		h.Set(routing.OverrideHeader, up.Name)
+		x.setRouteHeaders(h)
 		x.status = resp.StatusCode
 		w.WriteHeader(resp.StatusCode)
 		n, _ := io.Copy(w, resp.Body) // gorilla keeps at most 1 KiB of it
@@ -240,7 +244,7 @@ func (s *wsRelay) refused(w http.ResponseWriter, r *http.Request, x *exchange, u
 	}
 	e := upstreamError(r.Context(), up.Name, err)
 	x.release(health.Outcome{Err: err, ClientGone: e.status == StatusClientClosed})
-	w.Header().Set(routing.OverrideHeader, up.Name)
+	x.setRouteHeaders(w.Header())
 	s.h.reject(w, r, x, e)
 }
 

@@ -1,102 +1,317 @@
 // Package routing decides which regions may serve a request, best first.
 //
-// The Table returns every region as a ranked list of Candidates, each with
-// the Reason it holds its place. The proxy walks the list: the first candidate
-// that admits the request serves it, and a candidate that cannot (full, or
-// failing) passes the request to the next. Routing never dials anything; it
-// reads each region's load through the small Load interface declared here,
-// which the health package implements.
+// A request's client is found first (Locator: the peer address, or the
+// right-most untrusted hop of X-Forwarded-For behind trusted proxies; then
+// trusted CDN headers or an IP geolocation database). The Table then ranks
+// the regions for that place:
 //
-// Today the order is the configuration's order, with a client's explicit
-// choice (X-Earshot-Region, when allowed) first. Geolocation replaces the
-// ranking without changing this contract.
+//   - a client's explicit choice (X-Earshot-Region, when allowed) comes first;
+//   - then the operator's preferences for the client's country or continent;
+//   - then every other region by great-circle distance from the client, with
+//     a region that answers far slower than its distance suggests pushed back
+//     as if it were farther away;
+//   - residency rules remove the regions a client may not use, whatever the
+//     order, so failover can never leave them.
+//
+// Routing never dials anything and never blocks: it reads each region's
+// load and latency through the small Load interface declared here, which the
+// health package implements. The proxy walks the candidates; the first that
+// has room serves, and the reason it gives says why.
 package routing
 
 import (
 	"errors"
 	"fmt"
-	"net/http"
+	"math"
+	"time"
 )
 
-// OverrideHeader is the request header a client may use to pick its region,
-// and the response header naming the region that served.
-const OverrideHeader = "X-Earshot-Region"
+// Headers.
+const (
+	// OverrideHeader is the request header a client may use to pick its
+	// region, and the response header naming the region that served.
+	OverrideHeader = "X-Earshot-Region"
+	// RouteHeader is the response header giving the Reason.
+	RouteHeader = "X-Earshot-Route"
+)
 
-// Reason says why a candidate holds its place.
+// Reason says why the region that served was chosen.
 type Reason string
 
 // Reasons.
 const (
-	Primary   Reason = "primary"   // first in the configured order
+	Nearest   Reason = "nearest"   // the nearest region to the client
+	Preferred Reason = "preferred" // first in the operator's table for the client's country or continent
 	Override  Reason = "override"  // named by the client
-	Spillover Reason = "spillover" // a better candidate was full
-	Fallback  Reason = "fallback"  // later in the configured order
+	Residency Reason = "residency" // the nearest region the client's residency rule allows
+	Fallback  Reason = "fallback"  // the client could not be located
+	Spillover Reason = "spillover" // a better region was full
+	Failover  Reason = "failover"  // a better region failed
 )
 
 // Load is what routing needs to know of a region's state.
 type Load interface {
 	InFlight() int
 	Capacity() int // 0: unlimited
+	// Latency is the smoothed time a region takes to answer; 0 if unknown.
+	Latency() time.Duration
 }
 
 // Region is a region as routing sees it.
 type Region struct {
-	Name string
-	Load Load
+	Name     string
+	Location Location
+	Load     Load
+
+	expected float64 // ms the region should take to answer, for its distance
 }
 
-// Candidate is a region that may serve a request, and why.
-type Candidate struct {
-	Region *Region
-	Reason Reason
+// Rule is a residency rule: clients in Countries or Continents may use only
+// Regions.
+type Rule struct {
+	Name       string
+	Countries  []string // ISO codes; "EU" and "EEA" stand for their members
+	Continents []string
+	Regions    []string
 }
 
-// ErrUnknownRegion is returned when a client names a region that does not
-// exist.
-var ErrUnknownRegion = errors.New("unknown region")
+// Options configure a Table.
+type Options struct {
+	AllowOverride bool
+	// Fallback ranks regions for a client that cannot be located: from a
+	// region's location (FallbackRegion) or a point (FallbackLocation).
+	// Default: the first region.
+	FallbackRegion   string
+	FallbackLocation *Location
+	// Prefer maps an ISO country code or a continent code to regions that
+	// clients there should use first, in order. Country entries win.
+	PreferCountry   map[string][]string
+	PreferContinent map[string][]string
+	Residency       []Rule
+	// RouterLocation is where the router runs; with LatencyAllowance it sets
+	// how slow each region may be before it is ranked down.
+	RouterLocation   *Location
+	LatencyAllowance time.Duration
+}
+
+// Errors of Select.
+var (
+	ErrUnknownRegion = errors.New("unknown region")
+	ErrNotAllowed    = errors.New("region not allowed")
+)
 
 // Table ranks regions. It is immutable and safe for concurrent use.
 type Table struct {
-	regions       []*Region
-	byName        map[string]int
-	allowOverride bool
+	regions  []*Region
+	byName   map[string]int
+	opts     Options
+	fallback Location
+
+	preferCountry   map[string][]int // region indexes
+	preferContinent map[string][]int
+	rules           []rule
 }
 
-// NewTable builds a table over regions, in preference order.
-func NewTable(regions []*Region, allowOverride bool) *Table {
-	t := &Table{regions: regions, byName: make(map[string]int, len(regions)), allowOverride: allowOverride}
+type rule struct {
+	name       string
+	countries  map[string]bool
+	continents map[string]bool
+	allowed    uint64 // bit i: region i
+}
+
+// MaxRegions is the most regions a Table can hold.
+const MaxRegions = 64
+
+// kmPerMs turns a latency excess into distance: light in fibre covers about
+// 200 km per millisecond, so a millisecond of round trip is 100 km.
+const kmPerMs = 100
+
+// NewTable builds a table over regions, in configured order.
+func NewTable(regions []*Region, o Options) (*Table, error) {
+	if len(regions) == 0 || len(regions) > MaxRegions {
+		return nil, fmt.Errorf("routing: %d regions; want 1 to %d", len(regions), MaxRegions)
+	}
+	t := &Table{regions: regions, byName: make(map[string]int, len(regions)), opts: o,
+		preferCountry: map[string][]int{}, preferContinent: map[string][]int{}}
 	for i, r := range regions {
 		t.byName[r.Name] = i
 	}
-	return t
+	index := func(names []string) ([]int, error) {
+		idx := make([]int, 0, len(names))
+		for _, n := range names {
+			i, ok := t.byName[n]
+			if !ok {
+				return nil, fmt.Errorf("routing: %w %q", ErrUnknownRegion, n)
+			}
+			idx = append(idx, i)
+		}
+		return idx, nil
+	}
+	var err error
+	for k, v := range o.PreferCountry {
+		if t.preferCountry[k], err = index(v); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range o.PreferContinent {
+		if t.preferContinent[k], err = index(v); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range o.Residency {
+		idx, err := index(r.Regions)
+		if err != nil {
+			return nil, err
+		}
+		ru := rule{name: r.Name, countries: map[string]bool{}, continents: map[string]bool{}}
+		for _, i := range idx {
+			ru.allowed |= 1 << i
+		}
+		for _, c := range r.Countries {
+			switch c {
+			case "EU", "EEA":
+				for i, ci := range countries {
+					if (c == "EU" && ci.eu) || (c == "EEA" && ci.eea) {
+						ru.countries[string([]byte{byte('A' + i/26), byte('A' + i%26)})] = true
+					}
+				}
+			default:
+				ru.countries[c] = true
+			}
+		}
+		for _, c := range r.Continents {
+			ru.continents[c] = true
+		}
+		t.rules = append(t.rules, ru)
+	}
+	switch {
+	case o.FallbackLocation != nil:
+		t.fallback = *o.FallbackLocation
+	case o.FallbackRegion != "":
+		i, ok := t.byName[o.FallbackRegion]
+		if !ok {
+			return nil, fmt.Errorf("routing: fallback: %w %q", ErrUnknownRegion, o.FallbackRegion)
+		}
+		t.fallback = regions[i].Location
+	default:
+		t.fallback = regions[0].Location
+	}
+	for _, r := range regions {
+		r.expected = float64(o.LatencyAllowance) / float64(time.Millisecond)
+		if l := o.RouterLocation; l != nil {
+			r.expected += distanceKm(l.Lat, l.Lon, r.Location.Lat, r.Location.Lon) / kmPerMs
+		}
+	}
+	return t, nil
 }
 
 // Regions returns the table's regions in configured order. Do not modify.
 func (t *Table) Regions() []*Region { return t.regions }
 
-// Select returns the candidates for r, best first, appended to dst (pass a
-// reused slice to avoid allocating).
-func (t *Table) Select(dst []Candidate, r *http.Request) ([]Candidate, error) {
-	first := -1
-	if t.allowOverride {
-		if name := r.Header.Get(OverrideHeader); name != "" {
-			i, ok := t.byName[name]
-			if !ok {
-				return dst, fmt.Errorf("%w %q", ErrUnknownRegion, name)
+// Region returns the region named name, or nil.
+func (t *Table) Region(name string) *Region {
+	if i, ok := t.byName[name]; ok {
+		return t.regions[i]
+	}
+	return nil
+}
+
+// Query is what Select ranks for.
+type Query struct {
+	Place    Place
+	Override string // the region the client named, if any
+}
+
+// Decision is a ranked list of regions for one request.
+type Decision struct {
+	// Candidates are the regions that may serve, best first.
+	Candidates []*Region
+	// Reason is why Candidates[0] is first.
+	Reason Reason
+	// Rule is the residency rule that confines the client, if any. Such a
+	// client must not be served beyond its regions' capacity either.
+	Rule string
+}
+
+// Select ranks the regions for q, appending to dst (pass a reused slice,
+// such as a stack array's, to avoid allocating).
+func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
+	d := Decision{Reason: Nearest}
+	allowed := ^uint64(0)
+	p := q.Place
+	if p.Located {
+		for i := range t.rules {
+			if r := &t.rules[i]; r.countries[p.Country] || r.continents[p.Continent] {
+				allowed, d.Rule, d.Reason = r.allowed, r.name, Residency
+				break
 			}
-			first = i
-			dst = append(dst, Candidate{Region: t.regions[i], Reason: Override})
+		}
+	} else {
+		p.Lat, p.Lon = t.fallback.Lat, t.fallback.Lon
+		d.Reason = Fallback
+	}
+
+	var taken uint64
+	take := func(i int) {
+		if taken&(1<<i) == 0 && allowed&(1<<i) != 0 {
+			taken |= 1 << i
+			dst = append(dst, t.regions[i])
 		}
 	}
-	for i, reg := range t.regions {
-		if i == first {
+	if q.Override != "" && t.opts.AllowOverride {
+		i, ok := t.byName[q.Override]
+		if !ok {
+			return d, fmt.Errorf("%w %q", ErrUnknownRegion, q.Override)
+		}
+		if allowed&(1<<i) == 0 {
+			return d, fmt.Errorf("%w: %s may not be used by clients under residency rule %q", ErrNotAllowed, q.Override, d.Rule)
+		}
+		take(i)
+		d.Reason = Override
+	}
+	if p.Located {
+		prefer, ok := t.preferCountry[p.Country]
+		if !ok {
+			prefer, ok = t.preferContinent[p.Continent]
+		}
+		if ok {
+			n := len(dst)
+			for _, i := range prefer {
+				take(i)
+			}
+			if n == 0 && len(dst) > 0 {
+				d.Reason = Preferred
+			}
+		}
+	}
+
+	// The rest by score, insertion-sorted in place (there are few regions).
+	start := len(dst)
+	var scores [MaxRegions]float64
+	for i, r := range t.regions {
+		if taken&(1<<i) != 0 || allowed&(1<<i) == 0 {
 			continue
 		}
-		reason := Fallback
-		if len(dst) == 0 {
-			reason = Primary
+		s := distanceKm(p.Lat, p.Lon, r.Location.Lat, r.Location.Lon) + t.penaltyKm(r)
+		j := len(dst)
+		dst = append(dst, r)
+		for ; j > start && scores[j-1-start] > s; j-- {
+			dst[j], scores[j-start] = dst[j-1], scores[j-1-start]
 		}
-		dst = append(dst, Candidate{Region: reg, Reason: reason})
+		dst[j], scores[j-start] = r, s
 	}
-	return dst, nil
+	d.Candidates = dst
+	return d, nil
+}
+
+// penaltyKm pushes a slow region back: each millisecond by which its
+// smoothed latency exceeds what its distance and the allowance explain
+// counts as 100 km of extra distance.
+func (t *Table) penaltyKm(r *Region) float64 {
+	lat := r.Load.Latency()
+	if lat <= 0 {
+		return 0
+	}
+	excess := float64(lat)/float64(time.Millisecond) - r.expected
+	return math.Max(0, excess) * kmPerMs
 }

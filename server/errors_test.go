@@ -81,7 +81,7 @@ func TestRouterErrors(t *testing.T) {
 }
 
 func TestUnreachableRegionIs502(t *testing.T) {
-	r := startRouter(t, fmt.Sprintf("regions:\n  - name: gone\n    url: http://%s\n", freeAddr(t)))
+	r := startRouter(t, fmt.Sprintf("regions:\n  - name: gone\n    url: http://%s\n    location: {lat: 39, lon: -77}\n", freeAddr(t)))
 	resp, err := http.Post(r.url("/v1/listen"), "", strings.NewReader("audio"))
 	if err != nil {
 		t.Fatal(err)
@@ -108,6 +108,7 @@ timeouts: {response: 300ms, handshake: 300ms}
 regions:
   - name: slow
     url: sim://slow
+    location: {lat: 39, lon: -77}
     sim: {mode: hang}
 `)
 	resp, err := http.Post(r.url("/v1/listen"), "", bytes.NewReader(sim.Synthesize(testWords, 16000, 2)))
@@ -123,27 +124,52 @@ regions:
 	expectError(t, resp, 504, "GATEWAY_TIMEOUT")
 }
 
-// TestFullRouterIs503 fills the only region's capacity with a stream, then
-// checks that new work is refused with 503 and Retry-After until it frees.
-func TestFullRouterIs503(t *testing.T) {
+// TestResidencyFullIs503 fills the only region a residency rule allows with
+// a stream, then checks that the rule's clients are refused with 503 and
+// Retry-After (never sent to the other region), while everyone else is
+// served, and that the rule's clients are served again once it frees.
+func TestResidencyFullIs503(t *testing.T) {
 	r := startRouter(t, `
+routing:
+  trusted_proxies: [127.0.0.1, "::1"]
+  edge_headers: [cloudflare]
+  residency:
+    - {name: gdpr, countries: [EU], regions: [tiny]}
 regions:
   - name: tiny
     url: sim://tiny
+    location: {lat: 53.35, lon: -6.26}
     capacity: 1
+  - name: roomy
+    url: sim://roomy
+    location: {lat: 39, lon: -77}
 `)
-	conn, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+	from := func(country string) http.Header { return http.Header{"Cf-Ipcountry": {country}} }
+	conn, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), from("DE"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Post(r.url("/v1/listen"), "", strings.NewReader("x"))
-	if err != nil {
-		t.Fatal(err)
+	post := func(country string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("POST", r.url("/v1/listen"), strings.NewReader("x"))
+		req.Header = from(country)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
 	}
+	resp := post("FR")
 	if got := resp.Header.Get("Retry-After"); got == "" {
 		t.Error("503 without Retry-After")
 	}
 	expectError(t, resp, 503, "NO_REGION_AVAILABLE")
+
+	resp = post("US")
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Earshot-Region") != "roomy" {
+		t.Errorf("a client outside the rule got %d from %q, want 200 from roomy", resp.StatusCode, resp.Header.Get("X-Earshot-Region"))
+	}
 
 	_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"CloseStream"}`))
 	for {
@@ -155,11 +181,55 @@ regions:
 	waitFor(t, "the stream's capacity to be released", func() bool {
 		return r.srv.regions[0].health.InFlight() == 0
 	})
-	resp, err = http.Get(r.url("/v1/models"))
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("after the stream ended: %v %v", resp, err)
-	}
+	resp = post("FR")
 	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Earshot-Route") != "residency" {
+		t.Fatalf("after the stream ended: %d %q", resp.StatusCode, resp.Header.Get("X-Earshot-Route"))
+	}
+}
+
+// TestAllFullGoesToTheLeastLoaded checks that when every region is at
+// capacity, new work is not refused: the least loaded by ratio takes it.
+func TestAllFullGoesToTheLeastLoaded(t *testing.T) {
+	r := startRouter(t, `
+regions:
+  - name: small
+    url: sim://small
+    location: {lat: 39, lon: -77}
+    capacity: 1
+  - name: big
+    url: sim://big
+    location: {lat: 53.35, lon: -6.26}
+    capacity: 2
+`)
+	var conns []*websocket.Conn
+	for range 3 {
+		conn, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	small, big := r.srv.regions[0].health, r.srv.regions[1].health
+	if small.InFlight() != 1 || big.InFlight() != 2 {
+		t.Fatalf("in flight: small %d, big %d; want 1 and 2", small.InFlight(), big.InFlight())
+	}
+	// Both full (1/1 and 2/2); equal ratios go to the nearer, then big at 2/2 < small at 2/1.
+	for _, want := range []string{"small", "big"} {
+		conn, resp, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+		if got := resp.Header.Get("X-Earshot-Region"); got != want {
+			t.Errorf("over capacity: served by %q, want %q", got, want)
+		}
+	}
 }
 
 // TestRegionRefusalPassesThrough checks that a full region's own answer
@@ -169,6 +239,7 @@ func TestRegionRefusalPassesThrough(t *testing.T) {
 regions:
   - name: busy
     url: sim://busy
+    location: {lat: 39, lon: -77}
     sim: {mode: refuse, full_status: 429}
 `)
 	resp, err := http.Post(r.url("/v1/listen"), "", strings.NewReader("x"))

@@ -174,6 +174,7 @@ func TestHeadersAndQueryPassThrough(t *testing.T) {
 regions:
   - name: modal
     url: %s/prefix
+    location: {lat: 39, lon: -77}
     headers:
       Modal-Key: wk-literal
       Modal-Secret: {env: EARSHOT_TEST_MODAL_SECRET}
@@ -232,6 +233,7 @@ routing: {trusted_proxies: [127.0.0.0/8]}
 regions:
   - name: a
     url: %s
+    location: {lat: 39, lon: -77}
 `, up.URL))
 	req, _ := http.NewRequest("GET", r.url("/v1/models"), nil)
 	req.Header.Set("X-Forwarded-For", "203.0.113.9")
@@ -269,7 +271,7 @@ func TestSpeakStreamsChunks(t *testing.T) {
 		_, _ = w.Write([]byte("chunk-two"))
 	}))
 	defer up.Close()
-	r := startRouter(t, fmt.Sprintf("regions:\n  - name: a\n    url: %s\n", up.URL))
+	r := startRouter(t, fmt.Sprintf("regions:\n  - name: a\n    url: %s\n    location: {lat: 39, lon: -77}\n", up.URL))
 
 	resp, err := http.Post(r.url("/v1/speak?model=aura-2"), "application/json", strings.NewReader(`{"text":"hello"}`))
 	if err != nil {

@@ -34,6 +34,7 @@ type Server struct {
 	proxy   *proxy.Handler
 	sims    map[string]*sim.Server
 	regions []*regionState
+	geo     *routing.GeoDB // nil without a database
 }
 
 type regionState struct {
@@ -64,13 +65,25 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		}
 		h := health.NewRegion(rc.Name, rc.Capacity)
 		snap.Upstreams[rc.Name] = proxy.NewUpstream(rc.Name, base, rc.UpstreamHeader(), h)
-		table = append(table, &routing.Region{Name: rc.Name, Load: h})
+		table = append(table, &routing.Region{Name: rc.Name, Load: h,
+			Location: routing.Location{Lat: rc.Location.Lat, Lon: rc.Location.Lon}})
 		s.regions = append(s.regions, &regionState{name: rc.Name, kind: kind, url: base.String(), health: h})
 	}
-	snap.Table = routing.NewTable(table, cfg.Routing.AllowClientOverride)
+	var err error
+	if snap.Table, err = routing.NewTable(table, tableOptions(&cfg.Routing)); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if path := cfg.Routing.GeoIP.Database; path != "" {
+		if s.geo, err = routing.OpenGeoDB(path); err != nil {
+			s.Close()
+			return nil, err
+		}
+		log.Info("geoip database loaded", zap.String("path", path), zap.String("type", s.geo.Kind()))
+	}
+	snap.Locator = routing.NewLocator(cfg.Routing.Trusted(), cfg.Routing.EdgeHeaders, s.geo)
 	s.proxy = proxy.New(snap, proxy.Options{
 		Logger:           log,
-		TrustedProxies:   cfg.Routing.Trusted(),
 		ConnectTimeout:   cfg.Timeouts.Connect,
 		ResponseTimeout:  cfg.Timeouts.Response,
 		HandshakeTimeout: cfg.Timeouts.Handshake,
@@ -79,6 +92,28 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		MaxMessageBytes:  int64(cfg.Limits.MaxMessageBytes),
 	})
 	return s, nil
+}
+
+// tableOptions translates the routing section for the routing package.
+func tableOptions(rc *config.Routing) routing.Options {
+	o := routing.Options{
+		AllowOverride:    rc.AllowClientOverride,
+		FallbackRegion:   rc.Fallback.Region,
+		PreferCountry:    rc.Prefer.Countries,
+		PreferContinent:  rc.Prefer.Continents,
+		LatencyAllowance: rc.LatencyAllowance,
+	}
+	if l := rc.Fallback.Location; l != nil {
+		o.FallbackLocation = &routing.Location{Lat: l.Lat, Lon: l.Lon}
+	}
+	if l := rc.Location; l != nil {
+		o.RouterLocation = &routing.Location{Lat: l.Lat, Lon: l.Lon}
+	}
+	for _, r := range rc.Residency {
+		o.Residency = append(o.Residency, routing.Rule{Name: r.Name, Countries: r.Countries,
+			Continents: r.Continents, Regions: r.Regions})
+	}
+	return o
 }
 
 func (s *Server) startSim(rc *config.Region) (*sim.Server, error) {
@@ -138,6 +173,11 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if s.geo != nil {
+		wg.Go(func() { s.watchGeo(wctx) })
+	}
 	for _, p := range []struct {
 		srv *http.Server
 		ln  net.Listener
@@ -162,8 +202,24 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	}
 	s.proxy.Shutdown(sctx)
 	_ = adminSrv.Shutdown(sctx)
+	stopWatch()
 	wg.Wait()
 	return err
+}
+
+// watchGeo reloads the geolocation database when its file is replaced.
+func (s *Server) watchGeo(ctx context.Context) {
+	log := s.log.With(zap.String("path", s.geo.Path()))
+	err := s.geo.Watch(ctx, func(err error) {
+		if err != nil {
+			log.Error("geoip database not reloaded; the loaded one stays in use", zap.Error(err))
+			return
+		}
+		log.Info("geoip database reloaded", zap.String("type", s.geo.Kind()))
+	})
+	if err != nil {
+		log.Error("cannot watch the geoip database; it will not be reloaded", zap.Error(err))
+	}
 }
 
 // Close stops the simulated engines and idle upstream connections.

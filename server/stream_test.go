@@ -286,6 +286,7 @@ timeouts: {close_grace: 2s}
 regions:
   - name: peer
     url: %s
+    location: {lat: 39, lon: -77}
     headers: {Modal-Key: wk-region}
 `, up.URL))
 }
