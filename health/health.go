@@ -30,7 +30,7 @@ type Region struct {
 	name     string
 	capacity int64 // configured; 0: unlimited
 
-	learned  atomic.Int64 // capacity learned from answers, in thousandths
+	learned atomic.Int64 // capacity learned from answers, in thousandths
 
 	inFlight atomic.Int64
 	ewmaNano atomic.Int64 // smoothed latency of successful attempts
