@@ -33,6 +33,8 @@ type Config struct {
 	Timeouts Timeouts `yaml:"timeouts"`
 	Limits   Limits   `yaml:"limits"`
 	Routing  Routing  `yaml:"routing"`
+	Health   Health   `yaml:"health"`
+	Retry    Retry    `yaml:"retry"`
 
 	// Regions are the upstream deployments, in order of preference until
 	// geographic routing ranks them.
@@ -155,6 +157,7 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&l.MaxMessageBytes, 4*MiB)
 
 	setDefault(&c.Routing.LatencyAllowance, 150*time.Millisecond)
+	c.healthDefaults()
 	for i := range c.Regions {
 		if s := c.Regions[i].Sim; s != nil {
 			setDefault(&s.FullStatus, 503)
@@ -225,6 +228,9 @@ func (c *Config) Validate() error {
 				r.Name, lineOf(c.root, fmt.Sprintf("regions[%d]", first)))
 		}
 		seen[r.Name] = i
+	}
+	if err := c.validateHealth(); err != nil {
+		return err
 	}
 	return c.validateRouting()
 }

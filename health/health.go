@@ -23,6 +23,8 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
 )
 
 // Region is one region's live state.
@@ -33,17 +35,41 @@ type Region struct {
 	learned atomic.Int64 // capacity learned from answers, in thousandths
 
 	inFlight atomic.Int64
-	ewmaNano atomic.Int64 // smoothed latency of successful attempts
+	ewmaNano atomic.Int64 // smoothed latency of successful attempts and probes
+
+	opts       Options
+	breaker    *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cool       deadline     // out of rotation until then, after a timeout
+	busy       deadline     // full until then, after a Retry-After
+	fullStreak atomic.Int64 // "full" answers in a row
+	probe      probeState
 
 	// Totals by outcome, for status pages and tests.
 	counts [numKinds]atomic.Uint64
 }
 
+// Options configure a Region.
+type Options struct {
+	// Capacity is how many concurrent requests and streams the region takes;
+	// 0 is unlimited.
+	Capacity int
+	Breaker  BreakerOptions
+	// OnBreakerChange is called when the breaker changes state.
+	OnBreakerChange func(from, to BreakerState)
+}
+
 // NewRegion returns the state of a region that takes capacity concurrent
-// requests and streams (0: unlimited).
+// requests and streams (0: unlimited), with the default breaker.
 func NewRegion(name string, capacity int) *Region {
-	r := &Region{name: name, capacity: int64(capacity)}
-	r.learned.Store(int64(capacity) * milli)
+	return New(name, Options{Capacity: capacity})
+}
+
+// New returns the state of a region.
+func New(name string, o Options) *Region {
+	o.Breaker.defaults()
+	r := &Region{name: name, capacity: int64(o.Capacity), opts: o}
+	r.learned.Store(int64(o.Capacity) * milli)
+	r.breaker = newBreaker(name, o.Breaker, o.OnBreakerChange)
 	return r
 }
 
@@ -89,12 +115,14 @@ func (r *Region) TryAcquire() bool {
 func (r *Region) Acquire() { r.inFlight.Add(1) }
 
 // Load is the fraction of capacity in use; 0 for an unlimited region.
+// The work in flight is this router's, or the region's own count from its
+// last probe when that is higher (other routers send it work too).
 func (r *Region) Load() float64 {
 	c := r.Capacity()
 	if c == 0 {
 		return 0
 	}
-	return float64(r.InFlight()) / float64(c)
+	return float64(max(r.InFlight(), r.ReportedActive())) / float64(c)
 }
 
 // Done gives back a reservation and records how the attempt ended.
@@ -170,6 +198,9 @@ type Outcome struct {
 	// ClientGone is set when the client cancelled; such an attempt says
 	// nothing about the region.
 	ClientGone bool
+	// RetryAfter is the region's Retry-After with a 429 or 503, if any: the
+	// region gets no new work from this router until it has passed.
+	RetryAfter time.Duration
 }
 
 // Kind classifies an Outcome.

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +41,7 @@ func (f *httpForwarder) init(h *Handler) {
 	}
 	f.rp = httputil.ReverseProxy{
 		Rewrite:        f.rewrite,
-		Transport:      rt,
+		Transport:      attemptTransport{f: f, base: rt},
 		ModifyResponse: f.modifyResponse,
 		ErrorHandler:   f.errorHandler,
 		BufferPool:     &f.buffers,
@@ -69,21 +72,27 @@ func newTransport(o Options) *http.Transport {
 }
 
 func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
-	max := f.h.opts.MaxBodyBytes
-	if max > 0 && r.ContentLength > max {
-		f.h.reject(w, r, x, upstreamError(r.Context(), "", &http.MaxBytesError{Limit: max}))
+	limit := f.h.opts.MaxBodyBytes
+	if limit > 0 && r.ContentLength > limit {
+		f.h.reject(w, r, x, upstreamError(r.Context(), "", &http.MaxBytesError{Limit: limit}))
 		return
 	}
-	up, apiErr := f.h.acquire(r, x)
+	p, apiErr := f.h.decide(r, x)
 	if apiErr != nil {
 		f.h.reject(w, r, x, apiErr)
 		return
 	}
-	x.attempt = time.Now()
-	cw := &countingWriter{ResponseWriter: w}
+	x.plan = p
+	f.h.counters.inProgress.Add(1)
+	defer f.h.counters.inProgress.Add(-1)
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &bodyReader{rc: r.Body, limit: max, n: &x.bytesIn}
+		r.Body = &bodyReader{rc: r.Body, limit: limit, n: &x.bytesIn}
+		if err := f.buffer(r, x); err != nil {
+			f.h.reject(w, r, x, upstreamError(r.Context(), "", err))
+			return
+		}
 	}
+	cw := &countingWriter{ResponseWriter: w}
 	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x))
 	defer func() {
 		// A copy cut short (client or region gone mid-body) panics with
@@ -95,27 +104,192 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 		}
 		x.status, x.bytesOut = cw.status, cw.n
 		x.release(health.Outcome{Status: x.status, ClientGone: clientGone(r.Context())})
-		f.h.logAccess(r, x, up)
+		f.h.logAccess(r, x, x.up)
 	}()
 	f.rp.ServeHTTP(cw, r)
 }
 
-// rewrite builds the outbound request. ReverseProxy has already removed
-// hop-by-hop headers and any client-supplied X-Forwarded-*.
+// buffer reads a request body that fits in the replay size into memory so
+// that a failed attempt can be sent again to the next region. A JSON body
+// (a url to transcribe, text to speak) is always small enough. A larger body
+// streams through: what has been read is sent first, then the rest, and that
+// request cannot fail over.
+func (f *httpForwarder) buffer(r *http.Request, x *exchange) error {
+	o := f.h.opts.Retry
+	size := o.ReplayBytes
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		size = max(size, jsonReplayBytes)
+	}
+	if o.Attempts <= 1 || size <= 0 || (r.ContentLength > size) {
+		return nil
+	}
+	n := r.ContentLength
+	if n < 0 {
+		n = 0
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, min(n, size)+bytes.MinRead))
+	_, err := io.Copy(buf, io.LimitReader(r.Body, size+1))
+	if err != nil {
+		return err
+	}
+	if int64(buf.Len()) > size {
+		// Too large after all (a chunked body): stream it, without replay.
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(buf.Bytes()), r.Body), r.Body}
+		return nil
+	}
+	_ = r.Body.Close()
+	x.replay = buf.Bytes()
+	r.Body = io.NopCloser(bytes.NewReader(x.replay))
+	r.ContentLength = int64(len(x.replay))
+	return nil
+}
+
+// jsonReplayBytes is the replay size of JSON bodies whatever the setting.
+const jsonReplayBytes = 64 << 10
+
+// rewrite builds the outbound request, for any region: the region's address
+// and credentials are set per attempt by roundTrip. ReverseProxy has already
+// removed hop-by-hop headers and any client-supplied X-Forwarded-*.
 func (f *httpForwarder) rewrite(pr *httputil.ProxyRequest) {
 	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
-	up := x.up
-	pr.SetURL(up.URL)
 	// Pass the query exactly as the client wrote it (ReverseProxy drops
 	// parameters it cannot parse; Deepgram's are all parseable, and a region
 	// should see what the client sent).
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	pr.Out.Host = ""
 	setForwarded(pr.Out.Header, pr.In, x)
-	for k, v := range up.Header {
-		pr.Out.Header[k] = v
-	}
 	pr.Out.Header.Set("X-Request-Id", x.id)
 }
+
+// attemptTransport is the ReverseProxy's transport: it sends the request to
+// the plan's regions in turn until one answers with something other than a
+// retryable failure, or the plan, the budget or the deadline runs out.
+type attemptTransport struct {
+	f    *httpForwarder
+	base http.RoundTripper
+}
+
+func (t attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	x := req.Context().Value(exchangeKey{}).(*exchange)
+	p := x.plan
+	up, lease, ok := p.admit()
+	if !ok {
+		return nil, errNoCandidate
+	}
+	for {
+		x.lease, x.leased, x.attempt = lease, true, time.Now()
+		replayable := x.replay != nil || req.Body == nil || req.Body == http.NoBody
+		resp, err, timedOut := t.send(req, x, up, replayable && t.f.h.opts.Retry.Attempts > 1)
+		if !retryable(statusOf(resp), err) || !replayable || clientGone(req.Context()) {
+			p.served()
+			return resp, err
+		}
+		o := health.Outcome{Err: err, Status: statusOf(resp)}
+		if timedOut {
+			o.Err = errAttemptTimeout
+		}
+		if resp != nil {
+			o.RetryAfter = retryAfter(resp.Header)
+		}
+		if !p.mayRetry() {
+			p.served()
+			return resp, err
+		}
+		nextUp, nextLease, ok := p.admit()
+		if !ok {
+			p.retryDone()
+			p.served()
+			return resp, err // the last region's own answer is the most useful one
+		}
+		if resp != nil {
+			drain(resp.Body)
+		}
+		x.release(o)
+		t.f.h.log.Debug("failover", zap.String("request_id", x.id), zap.String("from", up.Name),
+			zap.String("to", nextUp.Name), zap.Int("status", o.Status), zap.Error(o.Err))
+		up, lease = nextUp, nextLease
+		defer p.retryDone()
+	}
+}
+
+// send makes one attempt at up. With bounded set, the wait for response
+// headers is limited to the attempt timeout, after which the attempt fails
+// as timed out (and the request moves on).
+func (t attemptTransport) send(req *http.Request, x *exchange, up *Upstream, bounded bool) (*http.Response, error, bool) {
+	out := req.Clone(req.Context())
+	out.URL.Scheme, out.URL.Host = up.URL.Scheme, up.URL.Host
+	out.URL.Path, out.URL.RawPath = up.URL.Path+req.URL.Path, ""
+	for k, v := range up.Header {
+		out.Header[k] = v
+	}
+	if x.replay != nil {
+		out.Body = io.NopCloser(bytes.NewReader(x.replay))
+		out.ContentLength = int64(len(x.replay))
+	}
+	if !bounded || t.f.h.opts.Retry.AttemptTimeout <= 0 {
+		resp, err := t.base.RoundTrip(out)
+		return resp, err, false
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(t.f.h.opts.Retry.AttemptTimeout, func() {
+		timedOut.Store(true)
+		cancel()
+	})
+	resp, err := t.base.RoundTrip(out.WithContext(ctx))
+	if !timer.Stop() && timedOut.Load() {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel()
+		return nil, errAttemptTimeout, true
+	}
+	if err != nil {
+		cancel()
+		return nil, err, false
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil, false
+}
+
+// cancelOnClose ends an attempt's context when its response body is done.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+func statusOf(resp *http.Response) int {
+	if resp == nil {
+		return 0
+	}
+	return resp.StatusCode
+}
+
+// drain discards a little of a body we will not use, so the connection can
+// be reused, and closes it.
+func drain(body io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, body, 64<<10)
+	_ = body.Close()
+}
+
+var (
+	errNoCandidate    = errors.New("no region can take the request")
+	errAttemptTimeout = timeoutError{"the region did not answer within the attempt timeout"}
+)
+
+type timeoutError struct{ msg string }
+
+func (e timeoutError) Error() string { return e.msg }
+func (timeoutError) Timeout() bool   { return true }
 
 // setForwarded sets X-Forwarded-For/-Proto/-Host. A trusted peer's headers
 // are extended; anyone else's have already been dropped.
@@ -170,7 +344,7 @@ func (f *httpForwarder) modifyResponse(resp *http.Response) error {
 	}
 	// Health learns of the answer now; capacity is held until the body is done.
 	x.status = resp.StatusCode
-	o := health.Outcome{Status: resp.StatusCode}
+	o := health.Outcome{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
 	if measuresLatency(resp.Request.URL.Path) {
 		o.Latency = time.Since(x.attempt)
 	}
@@ -180,8 +354,17 @@ func (f *httpForwarder) modifyResponse(resp *http.Response) error {
 
 func (f *httpForwarder) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	x := r.Context().Value(exchangeKey{}).(*exchange)
-	e := upstreamError(r.Context(), x.up.Name, err)
 	x.err = err
+	if errors.Is(err, errNoCandidate) {
+		e := errNoRegion
+		if x.rule != "" {
+			e = errResidencyFull(x.rule)
+		}
+		writeError(w, e, x.id)
+		x.status = e.status
+		return
+	}
+	e := upstreamError(r.Context(), x.up.Name, err)
 	x.release(health.Outcome{Err: err, ClientGone: e.status == StatusClientClosed})
 	x.setRouteHeaders(w.Header())
 	writeError(w, e, x.id)

@@ -70,6 +70,8 @@ type Options struct {
 	MaxBodyBytes    int64 // HTTP request bodies
 	MaxMessageBytes int64 // WebSocket messages, either way
 
+	Retry RetryOptions
+
 	// Transport overrides the HTTP transport to regions (tests, benchmarks).
 	Transport http.RoundTripper
 }
@@ -82,6 +84,8 @@ type Handler struct {
 	http   httpForwarder
 	ws     wsRelay
 	routes map[string]route
+
+	counters counters
 
 	mu      sync.Mutex
 	closing bool                 // Shutdown has begun
@@ -182,14 +186,22 @@ func apiRoutes() map[string]route {
 
 // exchange is one request or stream's bookkeeping, from arrival to log line.
 type exchange struct {
-	id      string
-	start   time.Time
-	client  routing.Client
-	snap    *Snapshot
-	up      *Upstream
-	reason  routing.Reason
-	rule    string    // the residency rule confining the client, if any
-	attempt time.Time // when the request was sent to the region
+	id     string
+	start  time.Time
+	client routing.Client
+	snap   *Snapshot
+	up     *Upstream
+	reason routing.Reason
+	rule   string // the residency rule confining the client, if any
+	ctx    context.Context
+
+	plan    *plan
+	replay  []byte       // the request body, kept for another attempt
+	lease   health.Lease // the current attempt's, while leased
+	leased  bool
+	attempt time.Time // when the current attempt was sent
+
+	candidates [routing.MaxRegions]*routing.Region // Select's buffer
 
 	status   int
 	bytesIn  atomic.Int64 // the request body may be read by the transport's goroutine
@@ -199,7 +211,7 @@ type exchange struct {
 
 // ServeHTTP dispatches a request to the HTTP forwarder or the stream relay.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	x := &exchange{id: requestID(r), start: time.Now(), snap: h.snap.Load()}
+	x := &exchange{id: requestID(r), start: time.Now(), snap: h.snap.Load(), ctx: r.Context()}
 	x.client = x.snap.Locator.Locate(r)
 	w.Header().Set("X-Request-Id", x.id)
 	defer h.recoverPanic(w, x)
@@ -241,65 +253,6 @@ func (h *Handler) recoverPanic(w http.ResponseWriter, x *exchange) {
 	h.log.Error("panic in handler", zap.String("request_id", x.id), zap.Any("panic", v), zap.StackSkip("stack", 1))
 	if x.status == 0 {
 		writeError(w, &apiError{http.StatusInternalServerError, codeInternal, "Internal error."}, x.id)
-	}
-}
-
-// acquire takes the first candidate whose region admits the request. When
-// all are full, the least loaded by ratio takes it anyway, unless the client
-// is confined by a residency rule: a rule's regions are never overloaded on
-// its behalf.
-func (h *Handler) acquire(r *http.Request, x *exchange) (*Upstream, *apiError) {
-	var buf [routing.MaxRegions]*routing.Region
-	d, err := x.snap.Table.Select(buf[:0], routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader)})
-	switch {
-	case errors.Is(err, routing.ErrNotAllowed):
-		return nil, &apiError{http.StatusForbidden, codeRegionNotAllowed, err.Error() + "."}
-	case err != nil:
-		return nil, &apiError{http.StatusBadRequest, codeBadRequest, err.Error() + " in " + routing.OverrideHeader + "."}
-	}
-	x.rule = d.Rule
-	least, leastLoad := -1, 0.0
-	for i, reg := range d.Candidates {
-		up := x.snap.Upstreams[reg.Name]
-		if up.Health.TryAcquire() {
-			x.take(up, d, i)
-			return up, nil
-		}
-		if l := up.Health.Load(); least < 0 || l < leastLoad {
-			least, leastLoad = i, l
-		}
-	}
-	if d.Rule != "" {
-		return nil, errResidencyFull(d.Rule)
-	}
-	if least < 0 {
-		return nil, errNoRegion
-	}
-	up := x.snap.Upstreams[d.Candidates[least].Name]
-	up.Health.Acquire()
-	x.take(up, d, least)
-	return up, nil
-}
-
-// take records that up, the i-th candidate of d, serves the exchange.
-func (x *exchange) take(up *Upstream, d routing.Decision, i int) {
-	x.up, x.reason = up, d.Reason
-	if i > 0 {
-		x.reason = routing.Spillover
-	}
-}
-
-// setRouteHeaders names the serving region and why it was chosen.
-func (x *exchange) setRouteHeaders(h http.Header) {
-	h.Set(routing.OverrideHeader, x.up.Name)
-	h.Set(routing.RouteHeader, string(x.reason))
-}
-
-// release gives the region back its capacity and reports the outcome.
-func (x *exchange) release(o health.Outcome) {
-	if x.up != nil && !x.attempt.IsZero() {
-		x.up.Health.Done(o)
-		x.attempt = time.Time{}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/earshot/earshot/health"
+	"github.com/earshot/earshot/routing"
 )
 
 // wsRelay relays WebSocket streams message by message.
@@ -79,21 +80,33 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		s.h.reject(w, r, x, e)
 		return
 	}
-	up, apiErr := s.h.acquire(r, x)
+	p, apiErr := s.h.decide(r, x)
 	if apiErr != nil {
 		s.h.reject(w, r, x, apiErr)
 		return
 	}
-	x.attempt = time.Now()
+	x.plan = p
 	offered := websocket.Subprotocols(r)
 
-	ctx, cancel := context.WithTimeout(r.Context(), s.h.opts.HandshakeTimeout)
-	upConn, resp, err := s.dialer.DialContext(ctx, s.upstreamURL(up, r), s.upstreamHeader(r, x, up))
-	cancel()
-	if err != nil {
-		s.refused(w, r, x, up, resp, err)
+	s.h.counters.inProgress.Add(1)
+	won, lost := s.connect(r, x, p)
+	s.h.counters.inProgress.Add(-1)
+	if won == nil {
+		if lost == nil {
+			e := errNoRegion
+			if x.rule != "" {
+				e = errResidencyFull(x.rule)
+			}
+			s.h.reject(w, r, x, e)
+			return
+		}
+		x.up, x.reason, x.lease, x.leased, x.attempt = lost.up, lost.reason, lost.lease, true, lost.start
+		s.refused(w, r, x, lost.up, lost.resp, lost.err)
 		return
 	}
+	p.served()
+	up, upConn, resp := won.up, won.conn, won.resp
+	x.up, x.reason, x.lease, x.leased, x.attempt = won.up, won.reason, won.lease, true, won.start
 	outcome := health.Outcome{Status: resp.StatusCode, Latency: time.Since(x.attempt)}
 
 	respHeader := http.Header{}
@@ -219,6 +232,131 @@ func (s *wsRelay) upstreamHeader(r *http.Request, x *exchange, up *Upstream) htt
 	}
 	h.Set("X-Request-Id", x.id)
 	return h
+}
+
+// handshake is one attempt to open a stream with a region.
+type handshake struct {
+	up     *Upstream
+	lease  health.Lease
+	reason routing.Reason
+	start  time.Time
+	cancel context.CancelFunc
+
+	conn *websocket.Conn
+	resp *http.Response
+	err  error
+}
+
+// outcome is what the attempt says about the region.
+func (hs *handshake) outcome() health.Outcome {
+	o := health.Outcome{Err: hs.err, ClientGone: errors.Is(hs.err, context.Canceled)}
+	if hs.resp != nil {
+		o.Status, o.RetryAfter = hs.resp.StatusCode, retryAfter(hs.resp.Header)
+		if errors.Is(hs.err, websocket.ErrBadHandshake) {
+			o.Err = nil // the region answered; its status says how
+		}
+	}
+	return o
+}
+
+// retryable reports whether the next region should be tried: the region
+// could not be reached, timed out, or refused with 429 or 5xx.
+func (hs *handshake) retryable() bool {
+	if hs.resp != nil && errors.Is(hs.err, websocket.ErrBadHandshake) {
+		return hs.resp.StatusCode == http.StatusTooManyRequests || hs.resp.StatusCode >= 500
+	}
+	return hs.err != nil
+}
+
+// connect opens the region's side of a stream, trying the plan's regions in
+// turn before the client sees anything. With a hedge delay, a handshake that
+// has not completed within it is raced by one with the next region; the
+// first to complete is kept and the other closed. It returns the winning
+// handshake, or nil and the last failed one (nil if no region was tried).
+func (s *wsRelay) connect(r *http.Request, x *exchange, p *plan) (won, lost *handshake) {
+	results := make(chan *handshake, p.h.opts.Retry.Attempts+1)
+	pending := 0
+	start := func() bool {
+		up, lease, ok := p.admit()
+		if !ok {
+			return false
+		}
+		hs := &handshake{up: up, lease: lease, reason: x.reason, start: time.Now()}
+		var ctx context.Context
+		ctx, hs.cancel = context.WithTimeout(r.Context(), s.h.opts.HandshakeTimeout)
+		header := s.upstreamHeader(r, x, up)
+		target := s.upstreamURL(up, r)
+		pending++
+		go func() {
+			hs.conn, hs.resp, hs.err = s.dialer.DialContext(ctx, target, header)
+			results <- hs
+		}()
+		return true
+	}
+	if !start() {
+		return nil, nil
+	}
+	var hedge <-chan time.Time
+	if d := s.h.opts.Retry.HedgeDelay; d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		hedge = t.C
+	}
+	retrying := 0
+	defer func() {
+		for range retrying {
+			p.retryDone()
+		}
+	}()
+	for pending > 0 {
+		select {
+		case <-hedge:
+			hedge = nil
+			if p.mayRetry() {
+				retrying++
+				if start() {
+					s.h.counters.hedges.Add(1)
+				}
+			}
+		case hs := <-results:
+			pending--
+			hs.cancel()
+			if hs.err == nil {
+				if pending > 0 {
+					go s.discard(results, pending)
+				}
+				return hs, nil
+			}
+			if lost != nil {
+				lost.lease.Done(lost.outcome())
+			}
+			lost = hs
+			if pending == 0 && hs.retryable() && p.mayRetry() {
+				retrying++
+				if start() {
+					lost.lease.Done(lost.outcome())
+					lost = nil
+				}
+			}
+		}
+	}
+	return nil, lost
+}
+
+// discard closes the handshakes that lost a hedged race, as they complete.
+func (s *wsRelay) discard(results <-chan *handshake, n int) {
+	for range n {
+		hs := <-results
+		hs.cancel()
+		o := hs.outcome()
+		if hs.conn != nil {
+			_ = hs.conn.WriteControl(websocket.CloseMessage,
+				websocket.FormatCloseMessage(websocket.CloseNormalClosure, "hedged handshake not used"), time.Now().Add(time.Second))
+			_ = hs.conn.Close()
+			o = health.Outcome{Status: hs.resp.StatusCode} // the region was fine
+		}
+		hs.lease.Done(o)
+	}
 }
 
 // refused answers the client when the region's handshake failed. A region

@@ -49,7 +49,9 @@ const (
 	Failover  Reason = "failover"  // a better region failed
 )
 
-// Load is what routing needs to know of a region's state.
+// Load is what routing needs to know of a region's state. A Load that also
+// has a Degraded() bool method, as health.Region does, is ranked behind
+// healthy regions while it reports true.
 type Load interface {
 	InFlight() int
 	Capacity() int // 0: unlimited
@@ -307,11 +309,21 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 // penaltyKm pushes a slow region back: each millisecond by which its
 // smoothed latency exceeds what its distance and the allowance explain
 // counts as 100 km of extra distance.
+//
+// A region whose health checks say it is degraded is pushed back by half
+// the Earth's circumference, behind every region that is not.
 func (t *Table) penaltyKm(r *Region) float64 {
+	var km float64
+	if d, ok := r.Load.(interface{ Degraded() bool }); ok && d.Degraded() {
+		km = degradedKm
+	}
 	lat := r.Load.Latency()
 	if lat <= 0 {
-		return 0
+		return km
 	}
 	excess := float64(lat)/float64(time.Millisecond) - r.expected
-	return math.Max(0, excess) * kmPerMs
+	return km + math.Max(0, excess)*kmPerMs
 }
+
+// degradedKm is the distance added to a degraded region.
+const degradedKm = math.Pi * earthRadiusKm

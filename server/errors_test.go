@@ -81,7 +81,7 @@ func TestRouterErrors(t *testing.T) {
 }
 
 func TestUnreachableRegionIs502(t *testing.T) {
-	r := startRouter(t, fmt.Sprintf("regions:\n  - name: gone\n    url: http://%s\n    location: {lat: 39, lon: -77}\n", freeAddr(t)))
+	r := startRouter(t, fmt.Sprintf("health: {probe: {disable: true}}\nregions:\n  - name: gone\n    url: http://%s\n    location: {lat: 39, lon: -77}\n", freeAddr(t)))
 	resp, err := http.Post(r.url("/v1/listen"), "", strings.NewReader("audio"))
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +117,26 @@ regions:
 	}
 	expectError(t, resp, 504, "GATEWAY_TIMEOUT")
 
+	// The timeout cost one request; the region is now out of rotation for
+	// the breaker's open period, so new work is refused at once.
 	_, resp, err = websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+	if err == nil {
+		t.Fatal("stream to a hung region succeeded")
+	}
+	expectError(t, resp, 503, "NO_REGION_AVAILABLE")
+}
+
+func TestHungRegionHandshakeIs504(t *testing.T) {
+	r := startRouter(t, `
+timeouts: {handshake: 300ms}
+health: {probe: {disable: true}}
+regions:
+  - name: slow
+    url: sim://slow
+    location: {lat: 39, lon: -77}
+    sim: {mode: hang}
+`)
+	_, resp, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
 	if err == nil {
 		t.Fatal("stream to a hung region succeeded")
 	}

@@ -171,6 +171,7 @@ func TestHeadersAndQueryPassThrough(t *testing.T) {
 	defer up.Close()
 	t.Setenv("EARSHOT_TEST_MODAL_SECRET", "ws-very-secret")
 	r := startRouter(t, fmt.Sprintf(`
+health: {probe: {disable: true}}
 regions:
   - name: modal
     url: %s/prefix
@@ -229,6 +230,7 @@ func TestTrustedProxyForwardedFor(t *testing.T) {
 	up := httptest.NewServer(rec)
 	defer up.Close()
 	r := startRouter(t, fmt.Sprintf(`
+health: {probe: {disable: true}}
 routing: {trusted_proxies: [127.0.0.0/8]}
 regions:
   - name: a
@@ -271,7 +273,7 @@ func TestSpeakStreamsChunks(t *testing.T) {
 		_, _ = w.Write([]byte("chunk-two"))
 	}))
 	defer up.Close()
-	r := startRouter(t, fmt.Sprintf("regions:\n  - name: a\n    url: %s\n    location: {lat: 39, lon: -77}\n", up.URL))
+	r := startRouter(t, fmt.Sprintf("health: {probe: {disable: true}}\nregions:\n  - name: a\n    url: %s\n    location: {lat: 39, lon: -77}\n", up.URL))
 
 	resp, err := http.Post(r.url("/v1/speak?model=aura-2"), "application/json", strings.NewReader(`{"text":"hello"}`))
 	if err != nil {

@@ -29,12 +29,14 @@ import (
 
 // Server is a configured router.
 type Server struct {
-	cfg     *config.Config
-	log     *zap.Logger
-	proxy   *proxy.Handler
-	sims    map[string]*sim.Server
-	regions []*regionState
-	geo     *routing.GeoDB // nil without a database
+	cfg   *config.Config
+	log   *zap.Logger
+	proxy *proxy.Handler
+	sims  map[string]*sim.Server
+
+	probeClient *http.Client
+	regions     []*regionState
+	geo         *routing.GeoDB // nil without a database
 }
 
 type regionState struct {
@@ -42,12 +44,19 @@ type regionState struct {
 	kind   string // "sim" or "http"
 	url    string // safe to show: credentials are not allowed in region URLs
 	health *health.Region
+	base   *url.URL
+	header http.Header // credentials for probes; never shown
 }
 
 // New builds a router from cfg. It starts the simulated engines of sim://
 // regions on loopback ports; Close stops them.
 func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, sims: make(map[string]*sim.Server)}
+	s := &Server{cfg: cfg, log: log, sims: make(map[string]*sim.Server),
+		probeClient: &http.Client{Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: cfg.Timeouts.Connect}).DialContext,
+			MaxIdleConnsPerHost: 1,
+			IdleConnTimeout:     2 * cfg.Health.Probe.Interval,
+		}}}
 	snap := &proxy.Snapshot{Upstreams: make(map[string]*proxy.Upstream, len(cfg.Regions))}
 	var table []*routing.Region
 	for i := range cfg.Regions {
@@ -63,11 +72,16 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 			base, _ = url.Parse(srv.URL())
 			kind = "sim"
 		}
-		h := health.NewRegion(rc.Name, rc.Capacity)
+		h := health.New(rc.Name, health.Options{
+			Capacity:        rc.Capacity,
+			Breaker:         breakerOptions(&cfg.Health.Breaker),
+			OnBreakerChange: s.logBreaker(rc.Name),
+		})
 		snap.Upstreams[rc.Name] = proxy.NewUpstream(rc.Name, base, rc.UpstreamHeader(), h)
 		table = append(table, &routing.Region{Name: rc.Name, Load: h,
 			Location: routing.Location{Lat: rc.Location.Lat, Lon: rc.Location.Lon}})
-		s.regions = append(s.regions, &regionState{name: rc.Name, kind: kind, url: base.String(), health: h})
+		s.regions = append(s.regions, &regionState{name: rc.Name, kind: kind, url: base.String(), health: h,
+			base: base, header: rc.UpstreamHeader()})
 	}
 	var err error
 	if snap.Table, err = routing.NewTable(table, tableOptions(&cfg.Routing)); err != nil {
@@ -90,8 +104,57 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		CloseGrace:       cfg.Timeouts.CloseGrace,
 		MaxBodyBytes:     int64(cfg.Limits.MaxBodyBytes),
 		MaxMessageBytes:  int64(cfg.Limits.MaxMessageBytes),
+		Retry: proxy.RetryOptions{
+			Attempts:       cfg.Retry.Attempts,
+			ReplayBytes:    int64(cfg.Retry.ReplayBytes),
+			Budget:         cfg.Retry.Budget,
+			MinRetries:     cfg.Retry.MinRetries,
+			Deadline:       cfg.Retry.Deadline,
+			AttemptTimeout: cfg.Retry.AttemptTimeout,
+			HedgeDelay:     cfg.Retry.HedgeDelay,
+		},
 	})
 	return s, nil
+}
+
+func breakerOptions(b *config.Breaker) health.BreakerOptions {
+	return health.BreakerOptions{
+		ConsecutiveFailures: b.ConsecutiveFailures, FailureRatio: b.FailureRatio, MinRequests: b.MinRequests,
+		Window: b.Window, OpenTimeout: b.OpenTimeout, HalfOpenRequests: b.HalfOpenRequests, FullStreak: b.FullStreak,
+	}
+}
+
+// logBreaker logs a region's breaker changes: open is a warning.
+func (s *Server) logBreaker(region string) func(from, to health.BreakerState) {
+	return func(from, to health.BreakerState) {
+		level := zap.InfoLevel
+		if to == health.BreakerOpen {
+			level = zap.WarnLevel
+		}
+		s.log.Log(level, "circuit breaker", zap.String("region", region),
+			zap.String("from", string(from)), zap.String("to", string(to)))
+	}
+}
+
+// probe runs the active health checks of one region until ctx ends.
+func (s *Server) probe(ctx context.Context, r *regionState) {
+	p := s.cfg.Health.Probe
+	status := *r.base
+	status.Path += "/v1/status"
+	pr := &health.Prober{
+		Region: r.health, URL: status.String(), Header: r.header, Client: s.probeClient,
+		Interval: p.Interval, Timeout: p.Timeout, Jitter: p.Jitter,
+		Healthy: p.HealthyThreshold, Unhealthy: p.UnhealthyThreshold,
+		OnChange: func(from, to health.ProbeState, res health.ProbeResult) {
+			level := zap.InfoLevel
+			if to == health.ProbeDown {
+				level = zap.WarnLevel
+			}
+			s.log.Log(level, "health check", zap.String("region", r.name), zap.Stringer("from", from),
+				zap.Stringer("to", to), zap.String("system_health", res.Health), zap.String("error", res.Err))
+		},
+	}
+	pr.Run(ctx)
 }
 
 // tableOptions translates the routing section for the routing package.
@@ -178,6 +241,11 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	if s.geo != nil {
 		wg.Go(func() { s.watchGeo(wctx) })
 	}
+	if !s.cfg.Health.Probe.Disable {
+		for _, r := range s.regions {
+			wg.Go(func() { s.probe(wctx, r) })
+		}
+	}
 	for _, p := range []struct {
 		srv *http.Server
 		ln  net.Listener
@@ -227,6 +295,7 @@ func (s *Server) Close() {
 	if s.proxy != nil {
 		s.proxy.Close()
 	}
+	s.probeClient.CloseIdleConnections()
 	for _, srv := range s.sims {
 		_ = srv.Close()
 	}
@@ -245,29 +314,54 @@ func (s *Server) adminHandler() http.Handler {
 }
 
 type regionStatus struct {
-	Name      string            `json:"name"`
-	Kind      string            `json:"kind"`
-	URL       string            `json:"url"`
-	InFlight  int               `json:"in_flight"`
-	Capacity  int               `json:"capacity"`
-	LatencyMS float64           `json:"latency_ms"`
-	Outcomes  map[string]uint64 `json:"outcomes"`
-	SimMode   string            `json:"sim_mode,omitempty"`
+	Name       string            `json:"name"`
+	Kind       string            `json:"kind"`
+	URL        string            `json:"url"`
+	InRotation bool              `json:"in_rotation"`
+	Health     string            `json:"health"` // probes: up, degraded, down
+	Breaker    string            `json:"breaker"`
+	CoolingMS  int64             `json:"cooling_ms,omitempty"`
+	LastProbe  *probeStatus      `json:"last_probe,omitempty"`
+	InFlight   int               `json:"in_flight"`
+	Capacity   int               `json:"capacity"`
+	Configured int               `json:"configured_capacity"`
+	RegionLoad int               `json:"region_active"` // the region's own count, from its probes
+	LatencyMS  float64           `json:"latency_ms"`
+	Outcomes   map[string]uint64 `json:"outcomes"`
+	SimMode    string            `json:"sim_mode,omitempty"`
 }
+
+type probeStatus struct {
+	At           time.Time `json:"at"`
+	OK           bool      `json:"ok"`
+	SystemHealth string    `json:"system_health,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	LatencyMS    float64   `json:"latency_ms"`
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 	out := struct {
-		Regions []regionStatus `json:"regions"`
-	}{}
+		Regions  []regionStatus `json:"regions"`
+		Failover proxy.Stats    `json:"failover"`
+	}{Failover: s.proxy.Stats()}
 	for _, r := range s.regions {
+		h := r.health
+		state, last := h.Probe()
 		st := regionStatus{
 			Name: r.name, Kind: r.kind, URL: r.url,
-			InFlight: r.health.InFlight(), Capacity: r.health.Capacity(),
-			LatencyMS: float64(r.health.Latency()) / float64(time.Millisecond),
-			Outcomes:  map[string]uint64{},
+			InRotation: h.InRotation(), Health: state.String(), Breaker: string(h.Breaker()),
+			CoolingMS: h.CoolingFor().Milliseconds(),
+			InFlight:  h.InFlight(), Capacity: h.Capacity(), Configured: h.Configured(),
+			RegionLoad: h.ReportedActive(), LatencyMS: ms(h.Latency()),
+			Outcomes: map[string]uint64{},
+		}
+		if !last.At.IsZero() {
+			st.LastProbe = &probeStatus{At: last.At, OK: last.OK, SystemHealth: last.Health, Error: last.Err, LatencyMS: ms(last.Latency)}
 		}
 		for k := health.Success; k <= health.Canceled; k++ {
-			st.Outcomes[k.String()] = r.health.Count(k)
+			st.Outcomes[k.String()] = h.Count(k)
 		}
 		if srv := s.sims[r.name]; srv != nil {
 			st.SimMode = string(srv.Engine().Mode())

@@ -281,6 +281,7 @@ func startPeer(t *testing.T, p *peer) *router {
 	up := httptest.NewServer(p)
 	t.Cleanup(up.Close)
 	return startRouter(t, fmt.Sprintf(`
+health: {probe: {disable: true}}
 limits: {max_message_bytes: 64KiB}
 timeouts: {close_grace: 2s}
 regions:
