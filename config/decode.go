@@ -212,3 +212,28 @@ func lineOf(root *yaml.Node, field string) int {
 	}
 	return line
 }
+
+// has reports whether the file sets the field at the dotted path, so that a
+// default can tell "0" from "absent".
+func (c *Config) has(field string) bool {
+	if c.root == nil || len(c.root.Content) == 0 {
+		return false
+	}
+	n := c.root.Content[0]
+	for part := range strings.SplitSeq(field, ".") {
+		if n.Kind != yaml.MappingNode {
+			return false
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == part {
+				next = n.Content[i+1]
+			}
+		}
+		if next == nil {
+			return false
+		}
+		n = next
+	}
+	return true
+}

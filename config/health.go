@@ -62,6 +62,11 @@ type Retry struct {
 	// MinRetries are always allowed in progress, whatever the budget.
 	// Default 3.
 	MinRetries int `yaml:"min_retries"`
+	// BudgetWait is how long a retry may wait for the budget to allow it,
+	// so that a burst of failures (a region dying with requests in flight)
+	// is retried a few at a time instead of failed. Default 1s; 0 fails at
+	// once, as Envoy does.
+	BudgetWait time.Duration `yaml:"budget_wait"`
 	// Deadline is how long after a request arrives a new attempt may start.
 	// Default 30s.
 	Deadline time.Duration `yaml:"deadline"`
@@ -99,6 +104,9 @@ func (c *Config) healthDefaults() {
 	setDefault(&r.MinRetries, 3)
 	setDefault(&r.Deadline, 30*time.Second)
 	setDefault(&r.AttemptTimeout, 30*time.Second)
+	if !c.has("retry.budget_wait") {
+		r.BudgetWait = time.Second
+	}
 }
 
 func (c *Config) validateHealth() error {
@@ -132,8 +140,8 @@ func (c *Config) validateHealth() error {
 		return c.errorf("retry.budget", "%v is outside [0, 1]", r.Budget)
 	case r.MinRetries < 0:
 		return c.errorf("retry.min_retries", "must not be negative")
-	case r.Deadline < 0 || r.HedgeDelay < 0 || r.AttemptTimeout < 0:
-		return c.errorf("retry", "deadline, attempt_timeout and hedge_delay must not be negative")
+	case r.Deadline < 0 || r.HedgeDelay < 0 || r.AttemptTimeout < 0 || r.BudgetWait < 0:
+		return c.errorf("retry", "deadline, attempt_timeout, budget_wait and hedge_delay must not be negative")
 	}
 	return nil
 }

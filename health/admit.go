@@ -54,9 +54,11 @@ func (l Lease) Done(o Outcome) {
 		r.fullStreak.Store(0)
 		l.done(nil)
 	case Full:
-		if o.RetryAfter > 0 {
+		if o.RetryAfter > 0 && o.Status == 429 {
 			// The region asked for no new work for a while: it counts as
 			// full until then, so work spills over while anywhere has room.
+			// (A 503 is a failure: the breaker, not its Retry-After, decides
+			// when to try the region again.)
 			r.busy.extend(time.Now().Add(clampDuration(o.RetryAfter, r.opts.Breaker.OpenTimeout)))
 		}
 		// Both lower the learned capacity (in Done), but for the breaker a

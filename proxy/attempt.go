@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,10 @@ type RetryOptions struct {
 	Budget      float64       // retries in progress / requests in progress
 	MinRetries  int           // retries in progress always allowed
 	Deadline    time.Duration // no new attempt after this since arrival
+	// BudgetWait is how long a retry may wait for the budget to allow it
+	// (a burst of failures, as when a region dies with requests in flight,
+	// is retried a few at a time rather than failed); 0: do not wait.
+	BudgetWait time.Duration
 	// AttemptTimeout bounds the wait for a region's response headers when
 	// the request can still be retried elsewhere: a body small enough to
 	// replay is small enough to answer quickly, and a hung region should
@@ -37,9 +42,13 @@ type Stats struct {
 }
 
 type counters struct {
-	inProgress                                           atomic.Int64 // requests and stream handshakes being routed
-	retrying                                             atomic.Int64 // retries in progress
+	inProgress atomic.Int64 // requests and stream handshakes being routed
+	retrying   atomic.Int64 // retries in progress
+
 	retries, budgetDenied, failovers, spillovers, hedges atomic.Uint64
+
+	mu    sync.Mutex
+	freed chan struct{} // closed when a retry ends, for retries waiting on the budget
 }
 
 // Stats returns the failover counters.
@@ -143,8 +152,9 @@ func (p *plan) take(up *Upstream, i int) {
 }
 
 // mayRetry reports whether another attempt may start: within the attempt
-// limit, the deadline, and the retry budget. On true the caller holds a
-// retry slot until it calls retryDone.
+// limit and the deadline, and within the retry budget, waiting up to
+// BudgetWait for it. On true the caller holds a retry slot until it calls
+// retryDone.
 func (p *plan) mayRetry() bool {
 	h := p.h
 	o := h.opts.Retry
@@ -152,17 +162,55 @@ func (p *plan) mayRetry() bool {
 		return false
 	}
 	c := &h.counters
-	limit := max(int64(o.MinRetries), int64(o.Budget*float64(c.inProgress.Load())))
-	if c.retrying.Add(1) > limit {
-		c.retrying.Add(-1)
-		c.budgetDenied.Add(1)
-		return false
+	var wait *time.Timer
+	for {
+		limit := max(int64(o.MinRetries), int64(o.Budget*float64(c.inProgress.Load())))
+		n := c.retrying.Load()
+		if n < limit {
+			if c.retrying.CompareAndSwap(n, n+1) {
+				c.retries.Add(1)
+				return true
+			}
+			continue
+		}
+		if o.BudgetWait <= 0 {
+			break
+		}
+		if wait == nil {
+			wait = time.NewTimer(min(o.BudgetWait, o.Deadline-time.Since(p.x.start)))
+			defer wait.Stop()
+		}
+		c.mu.Lock()
+		if c.freed == nil {
+			c.freed = make(chan struct{})
+		}
+		freed := c.freed
+		c.mu.Unlock()
+		if c.retrying.Load() < limit {
+			continue // a slot freed before we started waiting
+		}
+		select {
+		case <-freed:
+			continue
+		case <-wait.C:
+		case <-p.x.ctx.Done():
+		}
+		break
 	}
-	c.retries.Add(1)
-	return true
+	c.budgetDenied.Add(1)
+	return false
 }
 
-func (p *plan) retryDone() { p.h.counters.retrying.Add(-1) }
+func (p *plan) retryDone() {
+	c := &p.h.counters
+	c.retrying.Add(-1)
+	c.mu.Lock()
+	if c.freed != nil {
+		close(c.freed)
+		c.freed = nil
+	}
+	c.mu.Unlock()
+}
 
 // served counts how the request ended up where it did.
 func (p *plan) served() {

@@ -74,18 +74,23 @@ func forwardedFor(elem string) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// parseHop parses one hop: an address, [v6], or either with a port.
+// parseHop parses one hop: an address, [v6], or either with a port. It
+// picks the parser by shape, since a failed parse allocates its error.
 func parseHop(s string) (netip.Addr, bool) {
-	if ip, err := netip.ParseAddr(s); err == nil {
-		return ip.Unmap().WithZone(""), true
+	var ip netip.Addr
+	var err error
+	switch {
+	case strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]"):
+		ip, err = netip.ParseAddr(s[1 : len(s)-1])
+	case strings.HasPrefix(s, "["), strings.Count(s, ":") == 1:
+		var ap netip.AddrPort
+		ap, err = netip.ParseAddrPort(s)
+		ip = ap.Addr()
+	default:
+		ip, err = netip.ParseAddr(s)
 	}
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().Unmap().WithZone(""), true
+	if err != nil {
+		return netip.Addr{}, false
 	}
-	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
-		if ip, err := netip.ParseAddr(s[1 : len(s)-1]); err == nil {
-			return ip.Unmap().WithZone(""), true
-		}
-	}
-	return netip.Addr{}, false
+	return ip.Unmap().WithZone(""), true
 }

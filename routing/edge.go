@@ -29,11 +29,13 @@ func EdgeProviders() []string {
 }
 
 // locate reads the CDN's headers. Cloudflare's XX (unknown) and T1 (Tor)
-// are not countries; coordinates count only as a valid pair.
+// are not countries, in any case; coordinates count only as a valid pair.
 func (e *edgeHeaders) locate(h http.Header) (Place, bool) {
 	p := Place{Source: e.source}
-	if c := headerValue(h, e.country); len(c) == 2 && c != "XX" && c != "T1" {
-		p.Country = strings.ToUpper(c)
+	if c := headerValue(h, e.country); len(c) == 2 {
+		if c = strings.ToUpper(c); c != "XX" && c != "T1" {
+			p.Country = c
+		}
 	}
 	if lat, ok := parseDegrees(headerValue(h, e.lat), 90); ok {
 		if lon, ok := parseDegrees(headerValue(h, e.lon), 180); ok {
@@ -41,7 +43,9 @@ func (e *edgeHeaders) locate(h http.Header) (Place, bool) {
 		}
 	}
 	p.fill()
-	return p, p.Country != "" || p.Located
+	// A country the table cannot place (XK, say) with no coordinates is no
+	// location: let the next source try.
+	return p, p.Located
 }
 
 // headerValue is h.Get for a canonical key, without canonicalising.

@@ -253,6 +253,7 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 		d.Reason = Fallback
 	}
 
+	base := len(dst)
 	var taken uint64
 	take := func(i int) {
 		if taken&(1<<i) == 0 && allowed&(1<<i) != 0 {
@@ -281,7 +282,7 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 			for _, i := range prefer {
 				take(i)
 			}
-			if n == 0 && len(dst) > 0 {
+			if n == base && len(dst) > n {
 				d.Reason = Preferred
 			}
 		}

@@ -109,6 +109,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 			ReplayBytes:    int64(cfg.Retry.ReplayBytes),
 			Budget:         cfg.Retry.Budget,
 			MinRetries:     cfg.Retry.MinRetries,
+			BudgetWait:     cfg.Retry.BudgetWait,
 			Deadline:       cfg.Retry.Deadline,
 			AttemptTimeout: cfg.Retry.AttemptTimeout,
 			HedgeDelay:     cfg.Retry.HedgeDelay,

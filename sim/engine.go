@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -145,6 +146,8 @@ type Engine struct {
 	hung    int // requests held by ModeHang or ModeDie
 	conns   map[*websocket.Conn]struct{}
 	onMode  func(Mode) error // set by Server to act on ModeDie and revival
+
+	latency atomic.Int64 // Options.Latency, changeable with SetLatency
 }
 
 var _ http.Handler = (*Engine)(nil)
@@ -153,7 +156,7 @@ var _ http.Handler = (*Engine)(nil)
 func New(opts Options) *Engine {
 	opts = opts.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{
+	e := &Engine{
 		opts:   opts,
 		log:    opts.Logger.With(zap.String("region", opts.Region)),
 		ctx:    ctx,
@@ -162,7 +165,13 @@ func New(opts Options) *Engine {
 		modeCh: make(chan struct{}),
 		conns:  make(map[*websocket.Conn]struct{}),
 	}
+	e.latency.Store(int64(opts.Latency))
+	return e
 }
+
+// SetLatency changes the latency added to each answer (Options.Latency),
+// for requests that arrive from now on: a region that turns slow.
+func (e *Engine) SetLatency(d time.Duration) { e.latency.Store(int64(d)) }
 
 // Region is the engine's region name.
 func (e *Engine) Region() string { return e.opts.Region }
@@ -491,7 +500,7 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // delay waits out Options.Latency; false if the request ended meanwhile.
 func (e *Engine) delay(rq *request) bool {
-	return sleepCtx(rq.ctx, e.opts.Latency) == nil
+	return sleepCtx(rq.ctx, time.Duration(e.latency.Load())) == nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
