@@ -163,7 +163,6 @@ func TestFullAnswersAndTimeouts(t *testing.T) {
 	})
 }
 
-
 // fakeRegion answers probes from a script, one step per probe.
 type fakeRegion struct {
 	mu    sync.Mutex

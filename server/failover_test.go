@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -334,6 +334,7 @@ retry: {budget: 0.1, min_retries: 2, budget_wait: 0s}
 				return
 			default:
 			}
+			runtime.Gosched()
 			n := int64(r.srv.proxy.RetriesInProgress())
 			for old := peak.Load(); n > old && !peak.CompareAndSwap(old, n); old = peak.Load() {
 			}
@@ -367,11 +368,33 @@ retry: {budget: 0.1, min_retries: 2, budget_wait: 0s}
 	}
 }
 
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// TestHedgedHandshake makes us-east answer handshakes slowly: with a hedge
+// delay, the stream starts on us-west once the delay passes, and the slow
+// handshake is closed when it completes.
+func TestHedgedHandshake(t *testing.T) {
+	r := startRouter(t, failoverRegions(`
+retry: {hedge_delay: 50ms}
+`))
+	r.srv.Sim("us-east").Engine().SetLatency(time.Second)
+	start := time.Now()
+	c, resp, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Strings(keys)
-	return keys
+	took := time.Since(start)
+	c.Close()
+	t.Logf("hedged handshake took %v", took)
+	if got := routeOf(resp); got != "us-west/failover" {
+		t.Errorf("served by %s, want us-west/failover", got)
+	}
+	if took >= time.Second {
+		t.Errorf("the handshake took %v: it waited for the slow region", took)
+	}
+	if st := r.srv.proxy.Stats(); st.Hedges != 1 {
+		t.Errorf("stats %+v, want one hedge", st)
+	}
+	east := r.srv.regions[0].health
+	waitFor(t, "the losing handshake to be closed and released", func() bool {
+		return east.InFlight() == 0 && east.Count(0) == 1 && r.srv.Sim("us-east").Engine().Stats().Streams == 0
+	})
 }
