@@ -65,7 +65,7 @@ func (t *tally) add(resp *http.Response, err error, took time.Duration, check fu
 	if err == nil && resp.StatusCode == 200 && check != nil {
 		err = check(body)
 	}
-	if err != nil || resp.StatusCode != 200 {
+	if ok := resp.StatusCode == 200 || resp.StatusCode == 101; err != nil || !ok {
 		t.failures = append(t.failures, fmt.Sprintf("%d %s %v", resp.StatusCode, bytes.TrimSpace(body), err))
 	}
 }
@@ -397,4 +397,53 @@ retry: {hedge_delay: 50ms}
 	waitFor(t, "the losing handshake to be closed and released", func() bool {
 		return east.InFlight() == 0 && east.Count(0) == 1 && r.srv.Sim("us-east").Engine().Stats().Streams == 0
 	})
+}
+
+// TestFlappingRegion kills and revives us-east over and over while clients
+// send pre-recorded requests and open streams: no client sees an error.
+func TestFlappingRegion(t *testing.T) {
+	r := startRouter(t, failoverRegions(`
+health:
+  probe: {disable: true}
+  breaker: {open_timeout: 50ms}
+`))
+	east := r.srv.Sim("us-east")
+	audio := sim.WAV(sim.Synthesize(testWords, 16000, 2), 16000, 1)
+	const workers, perWorker = 4, 50
+	reqs := newTally()
+	var done, flips atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for range perWorker {
+				start := time.Now()
+				resp, err := httpPost(r.url("/v1/listen"), audio)
+				reqs.add(resp, err, time.Since(start), transcriptIs(testTranscript))
+				if done.Add(1)%10 == 0 { // flip every 10 requests
+					if flips.Add(1)%2 == 1 {
+						east.SetMode(sim.ModeDie)
+					} else {
+						east.SetMode(sim.ModeOK)
+					}
+				}
+			}
+		})
+	}
+	// New streams all open; one already open on us-east when it dies ends
+	// with 1011 "region connection lost" (streams do not move mid-flight).
+	streams := newTally()
+	for range 10 {
+		start := time.Now()
+		c, resp, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+		if err == nil {
+			c.Close()
+			resp.Body = io.NopCloser(strings.NewReader(""))
+		}
+		streams.add(resp, err, time.Since(start), nil)
+	}
+	wg.Wait()
+	t.Logf("%d flips; requests: %s; streams: %s", flips.Load(), reqs, streams)
+	if len(reqs.failures)+len(streams.failures) > 0 {
+		t.Errorf("clients saw errors: %v %v", reqs.failures, streams.failures)
+	}
 }

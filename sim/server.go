@@ -92,21 +92,33 @@ func (s *Server) connState(c net.Conn, state http.ConnState) {
 
 // onMode is the engine's hook: die or revive. The engine has already
 // dropped its streams when it dies.
+//
+// Mode changes are serialised by the engine. The http.Server is closed
+// without s.mu held: Close waits for Serve to return, and Serve may be
+// inside connState, which takes s.mu.
 func (s *Server) onMode(m Mode) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
-	switch {
-	case m == ModeDie && s.srv != nil:
+	if m == ModeDie && s.srv != nil {
+		srv := s.srv
+		s.srv = nil
+		conns := make([]net.Conn, 0, len(s.conns))
 		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
 			abortConn(c)
 		}
-		_ = s.srv.Close()
-		s.srv = nil
+		_ = srv.Close()
 		s.log.Info("died", zap.String("addr", s.addr))
-	case m != ModeDie && s.srv == nil:
+		return nil
+	}
+	defer s.mu.Unlock()
+	if m != ModeDie && s.srv == nil {
 		ln, err := net.Listen("tcp", s.addr)
 		if err != nil {
 			return fmt.Errorf("sim: revive on %s: %w", s.addr, err)
