@@ -29,7 +29,13 @@ type Config struct {
 	// "127.0.0.1:9090": loopback, so it is not exposed by accident.
 	Admin string `yaml:"admin"`
 
+	// AdminToken, if set, is required as "Authorization: Bearer TOKEN" on
+	// every admin endpoint but /healthz and /readyz.
+	AdminToken *Secret `yaml:"admin_token"`
+
 	Log      Log      `yaml:"log"`
+	Auth     Auth     `yaml:"auth"`
+	TLS      TLS      `yaml:"tls"`
 	Timeouts Timeouts `yaml:"timeouts"`
 	Limits   Limits   `yaml:"limits"`
 	Routing  Routing  `yaml:"routing"`
@@ -73,6 +79,10 @@ type Timeouts struct {
 	CloseGrace time.Duration `yaml:"close_grace"`
 	// Shutdown bounds a graceful stop. Default 30s.
 	Shutdown time.Duration `yaml:"shutdown"`
+	// StreamIdle closes a stream on which neither side has sent a message
+	// for this long (1011). Default 60s; Deepgram itself closes a stream
+	// without audio after about 10s.
+	StreamIdle time.Duration `yaml:"stream_idle"`
 }
 
 // Limits bound what a client may send.
@@ -85,6 +95,9 @@ type Limits struct {
 	// MaxMessageBytes caps one WebSocket message either way; larger closes the
 	// stream with 1009. Default 4MiB.
 	MaxMessageBytes ByteSize `yaml:"max_message_bytes"`
+	// MaxConnections caps open client connections, streams included;
+	// beyond it new connections wait in the kernel's backlog. Default 10000.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // Region is one upstream deployment of the speech engine.
@@ -150,11 +163,13 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&t.Handshake, 10*time.Second)
 	setDefault(&t.CloseGrace, 5*time.Second)
 	setDefault(&t.Shutdown, 30*time.Second)
+	setDefault(&t.StreamIdle, 60*time.Second)
 
 	l := &c.Limits
 	setDefault(&l.MaxHeaderBytes, 64*KiB)
 	setDefault(&l.MaxBodyBytes, 2*GiB)
 	setDefault(&l.MaxMessageBytes, 4*MiB)
+	setDefault(&l.MaxConnections, 10000)
 
 	setDefault(&c.Routing.LatencyAllowance, 150*time.Millisecond)
 	c.healthDefaults()
@@ -198,7 +213,7 @@ func (c *Config) Validate() error {
 		"read_header": c.Timeouts.ReadHeader, "idle": c.Timeouts.Idle,
 		"connect": c.Timeouts.Connect, "response": c.Timeouts.Response,
 		"handshake": c.Timeouts.Handshake, "close_grace": c.Timeouts.CloseGrace,
-		"shutdown": c.Timeouts.Shutdown,
+		"shutdown": c.Timeouts.Shutdown, "stream_idle": c.Timeouts.StreamIdle,
 	} {
 		if d < 0 {
 			return c.errorf("timeouts."+name, "must not be negative")
@@ -232,7 +247,10 @@ func (c *Config) Validate() error {
 	if err := c.validateHealth(); err != nil {
 		return err
 	}
-	return c.validateRouting()
+	if err := c.validateRouting(); err != nil {
+		return err
+	}
+	return c.validateAuth()
 }
 
 func checkAddr(addr string) error {

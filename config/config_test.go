@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 )
 
 const minimal = `
+auth: {disable: true}
 regions:
   - name: us-east
     url: https://example.modal.direct
@@ -68,7 +70,12 @@ func TestParseValues(t *testing.T) {
 	if err := os.WriteFile(secretFile, []byte("ws-456\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	t.Setenv("EARSHOT_CLIENT_KEY", "ck-789")
 	c, err := Parse("test.yaml", []byte(fmt.Sprintf(`
+auth:
+  keys:
+    - {name: acme, sha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824, rate: 5, max_streams: 2, regions: [eu-west]}
+    - {name: internal, key: {env: EARSHOT_CLIENT_KEY}}
 limits: {max_body_bytes: 10MB, max_message_bytes: 65536, max_header_bytes: 8KiB}
 routing: {trusted_proxies: [10.0.0.0/8, "::1", 192.168.1.7]}
 regions:
@@ -93,6 +100,15 @@ regions:
 	}
 	if got := fmt.Sprint(c.Routing.Trusted()); got != "[10.0.0.0/8 ::1/128 192.168.1.7/32]" {
 		t.Errorf("trusted = %s", got)
+	}
+	if d := c.Auth.Keys[0].Digest(); fmt.Sprintf("%x", d[:4]) != "2cf24dba" || c.Auth.Keys[0].MaxStreams != 2 {
+		t.Errorf("key acme = %+v", c.Auth.Keys[0])
+	}
+	if d := c.Auth.Keys[1].Digest(); d != sha256.Sum256([]byte("ck-789")) {
+		t.Errorf("key internal: digest is not of the environment's key")
+	}
+	if out := fmt.Sprintf("%+v %#v", c.Auth, c.Auth); strings.Contains(out, "ck-789") {
+		t.Errorf("the auth section shows a key: %s", out)
 	}
 	h := c.Regions[0].UpstreamHeader()
 	if h.Get("Modal-Key") != "wk-123" || h.Get("Modal-Secret") != "ws-456" || h.Get("X-Team") != "earshot" {

@@ -6,6 +6,7 @@ import (
 )
 
 const twoRegions = `
+auth: {disable: true}
 regions:
   - name: us-east
     url: sim://us-east
@@ -77,11 +78,28 @@ func TestRoutingErrors(t *testing.T) {
 			`routing.residency[0].regions[0]: "ap-south" is not a configured region`},
 		{"region without location", "regions:\n  - name: a\n    url: sim://a\n",
 			"test.yaml:2: regions[0].location: is required"},
+		{"no keys", "regions:\n  - {name: a, url: sim://a, location: {lat: 1, lon: 1}}\n",
+			"auth: no client keys: add auth.keys, or set auth.disable: true"},
+		{"literal key", "auth:\n  keys:\n    - {name: a, key: hunter2}\n",
+			"test.yaml:3: auth.keys[0].key: a key written in the file is refused"},
+		{"bad digest", "auth:\n  keys:\n    - {name: a, sha256: abc}\n",
+			"test.yaml:3: auth.keys[0].sha256: want 64 hex digits"},
+		{"both digest and key", "auth:\n  keys:\n    - {name: a, sha256: abc, key: {env: X}}\n",
+			"auth.keys[0]: give exactly one of sha256 or key"},
+		{"missing key variable", "auth:\n  keys:\n    - {name: a, key: {env: EARSHOT_NOT_SET}}\n",
+			"auth.keys[0].key: environment variable EARSHOT_NOT_SET is not set"},
+		{"key region", "auth:\n  keys:\n    - {name: a, sha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824, regions: [mars]}\n",
+			`auth.keys[0].regions[0]: "mars" is not a configured region`},
+		{"tls half", "tls: {cert: /etc/cert.pem}\n", "tls: give both cert and key, or neither"},
+		{"short admin token", "admin_token: {env: EARSHOT_SHORT}\n", "admin_token: environment variable EARSHOT_SHORT is not set"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			y := tc.yaml
-			if !strings.HasPrefix(y, "regions:") {
+			switch {
+			case strings.HasPrefix(y, "auth:"):
+				y += strings.Replace(twoRegions, "auth: {disable: true}\n", "", 1)
+			case !strings.HasPrefix(y, "regions:"):
 				y += twoRegions
 			}
 			_, err := Parse("test.yaml", []byte(y))

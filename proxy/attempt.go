@@ -79,7 +79,14 @@ type plan struct {
 func (h *Handler) decide(r *http.Request, x *exchange) (*plan, *apiError) {
 	var err error
 	p := &plan{h: h, x: x}
-	p.d, err = x.snap.Table.Select(x.candidates[:0], routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader)})
+	q := routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader)}
+	if x.key != nil && len(x.key.Regions) > 0 {
+		q.Allow, q.AllowRule = x.snap.Table.Mask(x.key.Regions), "key "+x.key.Name
+		if q.Allow == 0 { // none of its regions exists: confined to nowhere
+			return nil, errResidencyFull(q.AllowRule)
+		}
+	}
+	p.d, err = x.snap.Table.Select(x.candidates[:0], q)
 	switch {
 	case errors.Is(err, routing.ErrNotAllowed):
 		return nil, &apiError{http.StatusForbidden, codeRegionNotAllowed, err.Error() + "."}

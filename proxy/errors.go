@@ -22,6 +22,8 @@ const (
 	codeTooLarge         = "PAYLOAD_TOO_LARGE"
 	codeNoRegion         = "NO_REGION_AVAILABLE"
 	codeRegionNotAllowed = "REGION_NOT_ALLOWED"
+	codeInvalidAuth      = "INVALID_AUTH"
+	codeTooManyRequests  = "TOO_MANY_REQUESTS"
 	codeBadGateway       = "BAD_GATEWAY"
 	codeGatewayTimeout   = "GATEWAY_TIMEOUT"
 	codeInternal         = "INTERNAL_SERVER_ERROR"
@@ -79,7 +81,7 @@ func writeError(w http.ResponseWriter, e *apiError, requestID string) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
-	if e.status == http.StatusServiceUnavailable || e.status == http.StatusTooManyRequests {
+	if (e.status == http.StatusServiceUnavailable || e.status == http.StatusTooManyRequests) && h.Get("Retry-After") == "" {
 		h.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	}
 	body, _ := json.Marshal(errorBody{Code: e.code, Msg: e.msg, RequestID: requestID})

@@ -160,6 +160,7 @@ func (f *httpForwarder) rewrite(pr *httputil.ProxyRequest) {
 	// should see what the client sent).
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 	pr.Out.Host = ""
+	pr.Out.Header.Del("Authorization") // the client's key is the router's business, not the region's
 	setForwarded(pr.Out.Header, pr.In, x)
 	pr.Out.Header.Set("X-Request-Id", x.id)
 }

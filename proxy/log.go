@@ -38,6 +38,9 @@ func (h *Handler) logAccess(r *http.Request, x *exchange, up *Upstream, extra ..
 		zap.Int64("bytes_out", x.bytesOut),
 		zap.Duration("duration", time.Since(x.start)),
 	)
+	if x.key != nil {
+		fields = append(fields, zap.String("key", x.key.Name))
+	}
 	if x.err != nil {
 		fields = append(fields, zap.String("error", x.err.Error()))
 	}

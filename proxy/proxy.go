@@ -25,6 +25,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/earshot/earshot/auth"
 	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/routing"
 )
@@ -66,11 +67,15 @@ type Options struct {
 	ResponseTimeout  time.Duration // a region's response headers
 	HandshakeTimeout time.Duration // a WebSocket handshake with a region
 	CloseGrace       time.Duration // waiting for close frames and final results
+	StreamIdle       time.Duration // a stream with no message either way is closed; 0: never
 
 	MaxBodyBytes    int64 // HTTP request bodies
 	MaxMessageBytes int64 // WebSocket messages, either way
 
 	Retry RetryOptions
+
+	// Auth authenticates clients; nil lets everyone in.
+	Auth *auth.Authenticator
 
 	// Transport overrides the HTTP transport to regions (tests, benchmarks).
 	Transport http.RoundTripper
@@ -202,6 +207,7 @@ type exchange struct {
 	attempt time.Time // when the current attempt was sent
 
 	candidates [routing.MaxRegions]*routing.Region // Select's buffer
+	key        *auth.Key                           // the client's key, when auth is on
 
 	status   int
 	bytesIn  atomic.Int64 // the request body may be read by the transport's goroutine
@@ -216,19 +222,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", x.id)
 	defer h.recoverPanic(w, x)
 
+	// Only the API's exact paths are served: no cleaning, no encoded
+	// slashes or dots (RawPath is set only when the path had escapes that
+	// matter), so nothing can reach another path on a region.
 	rt, ok := h.routes[r.URL.Path]
-	switch {
-	case !ok:
+	if !ok || r.URL.RawPath != "" {
 		h.reject(w, r, x, &apiError{http.StatusNotFound, codeNotFound,
 			"The path " + quotePath(r.URL.Path) + " is not part of the API served here."})
-	case r.Method == http.MethodGet && rt.stream:
-		h.ws.serve(w, r, x)
-	case r.Method == http.MethodPost && rt.post, r.Method == http.MethodGet && rt.get:
-		h.http.serve(w, r, x)
-	default:
+		return
+	}
+	stream := r.Method == http.MethodGet && rt.stream
+	if !stream && !(r.Method == http.MethodPost && rt.post) && !(r.Method == http.MethodGet && rt.get) {
 		w.Header().Set("Allow", rt.allow)
 		h.reject(w, r, x, &apiError{http.StatusMethodNotAllowed, codeMethod,
-			r.Method + " is not allowed on " + r.URL.Path + "; use " + rt.allow + "."})
+			quoteMethod(r.Method) + " is not allowed on " + r.URL.Path + "; use " + rt.allow + "."})
+		return
+	}
+	if a := h.opts.Auth; a != nil {
+		if !h.admit(w, r, x, a, stream) {
+			return
+		}
+		if stream {
+			defer x.key.CloseStream()
+		}
+	}
+	if stream {
+		h.ws.serve(w, r, x)
+	} else {
+		h.http.serve(w, r, x)
 	}
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
@@ -46,7 +48,8 @@ var wsSkipHeaders = map[string]bool{
 	"Sec-Websocket-Key": true, "Sec-Websocket-Version": true,
 	"Sec-Websocket-Extensions": true, "Sec-Websocket-Protocol": true,
 	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Proto": true, "X-Forwarded-Host": true,
-	"X-Request-Id": true,
+	"X-Request-Id":  true,
+	"Authorization": true, // the client's key stays at the edge
 }
 
 func (s *wsRelay) init(h *Handler) {
@@ -194,9 +197,13 @@ func (s *wsRelay) upstreamURL(up *Upstream, r *http.Request) string {
 	b.WriteString(up.URL.Host)
 	b.WriteString(up.URL.EscapedPath())
 	b.WriteString(r.URL.EscapedPath())
-	if r.URL.RawQuery != "" {
+	q := r.URL.RawQuery
+	if s.h.opts.Auth != nil {
+		q = stripQueryParam(q, "token") // a key given in the query stays at the edge
+	}
+	if q != "" {
 		b.WriteByte('?')
-		b.WriteString(r.URL.RawQuery)
+		b.WriteString(q)
 	}
 	return b.String()
 }
@@ -399,6 +406,11 @@ type stream struct {
 	regionClosed    atomic.Bool // a close frame has been sent to the region
 
 	clientClose, regionClose atomic.Int32 // the close codes each side sent (1006: none)
+
+	idle      time.Duration // 0: no idle timeout
+	last      atomic.Int64  // unix nanos of the last message either way
+	idleTimer *time.Timer
+	idled     atomic.Bool // closed for idleness
 }
 
 type pumpStats struct {
@@ -407,7 +419,7 @@ type pumpStats struct {
 }
 
 func newStream(client, region *websocket.Conn, o Options) *stream {
-	st := &stream{client: client, region: region, grace: o.CloseGrace}
+	st := &stream{client: client, region: region, grace: o.CloseGrace, idle: o.StreamIdle}
 	if st.grace <= 0 {
 		st.grace = 5 * time.Second
 	}
@@ -425,6 +437,11 @@ func newStream(client, region *websocket.Conn, o Options) *stream {
 
 // run relays until both directions have ended, then closes both sockets.
 func (st *stream) run() {
+	if st.idle > 0 {
+		st.touch()
+		st.idleTimer = time.AfterFunc(st.idle, st.checkIdle)
+		defer st.idleTimer.Stop()
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -466,6 +483,10 @@ func (st *stream) clientEnded(err error) {
 	case ce != nil:
 		st.clientClose.Store(int32(ce.Code))
 		st.closeRegion(ce.Code, ce.Text)
+	case errors.Is(err, errInvalidUTF8):
+		st.clientClose.Store(int32(websocket.CloseInvalidFramePayloadData))
+		st.closeClient(websocket.CloseInvalidFramePayloadData, errInvalidUTF8.Error())
+		st.closeRegion(websocket.CloseGoingAway, "client sent invalid data")
 	case errors.Is(err, websocket.ErrReadLimit):
 		// gorilla has sent the client 1009; the region hears we are going.
 		st.clientClose.Store(int32(websocket.CloseMessageTooBig))
@@ -610,45 +631,79 @@ func isReadErr(err error) bool {
 // copyMessage copies one message to dst, keeping its type. A client's text
 // message is sniffed for CloseStream, which changes how the stream ends.
 func (st *stream) copyMessage(dst *websocket.Conn, mt int, src io.Reader, stats *pumpStats, fromClient bool) error {
+	if fromClient && mt == websocket.TextMessage {
+		return st.copyControl(dst, src, stats)
+	}
 	w, err := dst.NextWriter(mt)
 	if err != nil {
 		return err
 	}
-	var n int64
-	if fromClient && mt == websocket.TextMessage {
-		n, err = st.copyControl(w, src)
-	} else {
-		n, err = copyReads(w, src)
-	}
+	n, err := copyReads(w, src)
 	if err != nil {
 		_ = w.Close()
 		return err
 	}
 	stats.messages++
 	stats.bytes += n
+	st.touch()
 	return w.Close()
 }
 
-// copyControl copies a client's text message, noting CloseStream. Control
-// messages are small; the type is sniffed from the first bytes, not parsed.
-func (st *stream) copyControl(w io.Writer, src io.Reader) (int64, error) {
-	var head [256]byte
-	n, err := io.ReadFull(src, head[:])
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return 0, readErr{err}
+// touch records activity, for the idle timeout.
+func (st *stream) touch() {
+	if st.idle > 0 {
+		st.last.Store(time.Now().UnixNano())
 	}
-	if isCloseStream(head[:n]) {
+}
+
+// checkIdle runs on the idle timer: a stream with no message either way for
+// the idle timeout is closed with 1011 on both sides; otherwise the timer
+// is set for the rest of the timeout.
+func (st *stream) checkIdle() {
+	since := time.Since(time.Unix(0, st.last.Load()))
+	if since < st.idle {
+		st.idleTimer.Reset(st.idle - since)
+		return
+	}
+	st.idled.Store(true)
+	st.closeRegion(websocket.CloseInternalServerErr, "stream idle")
+	st.closeClient(websocket.CloseInternalServerErr, "stream idle: no message for "+st.idle.String())
+}
+
+// copyControl copies a client's text message whole, noting CloseStream.
+// Text must be UTF-8 (RFC 6455); control messages are small, and the read
+// limit bounds the rest.
+func (st *stream) copyControl(dst *websocket.Conn, src io.Reader, stats *pumpStats) error {
+	buf := textBuffers.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 {
+			buf.Reset()
+			textBuffers.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(src); err != nil {
+		return readErr{err}
+	}
+	msg := buf.Bytes()
+	if !utf8.Valid(msg) {
+		return readErr{errInvalidUTF8}
+	}
+	if isCloseStream(msg[:min(len(msg), 256)]) {
 		st.closeStreamSent.Store(true)
 	}
-	if _, err := w.Write(head[:n]); err != nil {
-		return 0, err
+	if err := dst.WriteMessage(websocket.TextMessage, msg); err != nil {
+		return err
 	}
-	if n < len(head) {
-		return int64(n), nil
-	}
-	rest, err := copyReads(w, src)
-	return int64(n) + rest, err
+	stats.messages++
+	stats.bytes += int64(len(msg))
+	st.touch()
+	return nil
 }
+
+var (
+	textBuffers    = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+	errInvalidUTF8 = errors.New("invalid UTF-8 in a text message")
+)
 
 // copyReads is io.Copy that tells a failed read (the source side ended)
 // from a failed write.

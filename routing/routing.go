@@ -222,6 +222,21 @@ func (t *Table) Region(name string) *Region {
 type Query struct {
 	Place    Place
 	Override string // the region the client named, if any
+	// Allow, when not zero, confines the client to these regions (a Mask),
+	// as a residency rule does; AllowRule names it.
+	Allow     uint64
+	AllowRule string
+}
+
+// Mask is the Query.Allow of the named regions; unknown names are left out.
+func (t *Table) Mask(names []string) uint64 {
+	var m uint64
+	for _, n := range names {
+		if i, ok := t.byName[n]; ok {
+			m |= 1 << i
+		}
+	}
+	return m
 }
 
 // Decision is a ranked list of regions for one request.
@@ -252,6 +267,12 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 		p.Lat, p.Lon = t.fallback.Lat, t.fallback.Lon
 		d.Reason = Fallback
 	}
+	if q.Allow != 0 {
+		allowed &= q.Allow
+		if d.Rule == "" {
+			d.Rule = q.AllowRule
+		}
+	}
 
 	base := len(dst)
 	var taken uint64
@@ -267,7 +288,7 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 			return d, fmt.Errorf("%w %q", ErrUnknownRegion, q.Override)
 		}
 		if allowed&(1<<i) == 0 {
-			return d, fmt.Errorf("%w: %s may not be used by clients under residency rule %q", ErrNotAllowed, q.Override, d.Rule)
+			return d, fmt.Errorf("%w: %s may not be used under rule %q", ErrNotAllowed, q.Override, d.Rule)
 		}
 		take(i)
 		d.Reason = Override

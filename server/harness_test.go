@@ -36,6 +36,9 @@ type router struct {
 // ends.
 func startRouter(t *testing.T, yaml string) *router {
 	t.Helper()
+	if !strings.Contains(yaml, "\nauth:") {
+		yaml = "auth: {disable: true}\n" + yaml
+	}
 	cfg, err := config.Parse("test.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatalf("config: %v", err)

@@ -9,17 +9,22 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/earshot/earshot/auth"
 	"github.com/earshot/earshot/config"
 	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/proxy"
@@ -35,6 +40,8 @@ type Server struct {
 	sims  map[string]*sim.Server
 
 	probeClient *http.Client
+	auth        *auth.Authenticator // nil when disabled
+	certs       *certReloader       // nil without TLS
 	regions     []*regionState
 	geo         *routing.GeoDB // nil without a database
 }
@@ -96,8 +103,28 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		log.Info("geoip database loaded", zap.String("path", path), zap.String("type", s.geo.Kind()))
 	}
 	snap.Locator = routing.NewLocator(cfg.Routing.Trusted(), cfg.Routing.EdgeHeaders, s.geo)
+	if !cfg.Auth.Disable {
+		var keys []*auth.Key
+		for _, k := range cfg.Auth.Keys {
+			keys = append(keys, auth.NewKey(auth.KeyOptions{Name: k.Name, Digest: k.Digest(), Rate: k.Rate,
+				Burst: k.Burst, MaxStreams: k.MaxStreams, Regions: k.Regions}))
+		}
+		s.auth = auth.New(keys, cfg.Auth.QueryToken)
+	} else {
+		log.Warn("client authentication is disabled (auth.disable): anyone who can reach the router can use it")
+	}
+	if t := cfg.TLS; t.Cert != "" {
+		if s.certs, err = newCertReloader(t.Cert, t.Key, func(err error) {
+			log.Error("tls certificate not reloaded; the loaded one stays in use", zap.Error(err))
+		}); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	s.proxy = proxy.New(snap, proxy.Options{
 		Logger:           log,
+		Auth:             s.auth,
+		StreamIdle:       cfg.Timeouts.StreamIdle,
 		ConnectTimeout:   cfg.Timeouts.Connect,
 		ResponseTimeout:  cfg.Timeouts.Response,
 		HandshakeTimeout: cfg.Timeouts.Handshake,
@@ -219,6 +246,10 @@ func (s *Server) Run(ctx context.Context) error {
 // listeners.
 func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	t := s.cfg.Timeouts
+	api = limit(api, s.cfg.Limits.MaxConnections)
+	if s.certs != nil {
+		api = tls.NewListener(api, s.certs.tlsConfig())
+	}
 	apiSrv := &http.Server{
 		Handler:           s.proxy,
 		ReadHeaderTimeout: t.ReadHeader,
@@ -302,7 +333,9 @@ func (s *Server) Close() {
 	}
 }
 
-// adminHandler serves /healthz, /status and the simulated engines' switches.
+// adminHandler serves /healthz, /status and the simulated engines'
+// switches. With admin_token set, everything but /healthz needs
+// "Authorization: Bearer TOKEN".
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -311,7 +344,22 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /status", s.serveStatus)
 	mux.HandleFunc("POST /sim/{region}/mode", s.serveSimMode)
-	return mux
+	if s.cfg.AdminToken == nil {
+		return mux
+	}
+	want := sha256.Sum256([]byte(s.cfg.AdminToken.Value()))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+			got := sha256.Sum256([]byte(token))
+			if !strings.EqualFold(scheme, "bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="earshot-admin"`)
+				http.Error(w, "admin endpoints need Authorization: Bearer <admin_token>", http.StatusUnauthorized)
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 type regionStatus struct {
