@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,8 +23,88 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if leaked := leakedSecrets(); len(leaked) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: secrets appeared in what the router logged or answered: %v\n", leaked)
+		code = 1
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: goroutines leaked: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
+
+// Secrets used by the tests (client keys, Modal tokens, the admin token).
+// Everything routers log during the whole suite, and every response the
+// secret tests read, is scanned for them when the suite ends.
+var testSecrets = []string{
+	"sk-earshot-CLIENT-KEY-0001",
+	"sk-earshot-CLIENT-KEY-0002",
+	"modal-key-SECRET-7f3a",
+	"modal-secret-SECRET-91bc",
+	"admin-token-SECRET-5e2d",
+}
+
+var seen struct {
+	sync.Mutex
+	text []string // log lines and response texts
+}
+
+// remember keeps text for the suite's secret scan.
+func remember(text string) {
+	seen.Lock()
+	seen.text = append(seen.text, text)
+	seen.Unlock()
+}
+
+func leakedSecrets() []string {
+	seen.Lock()
+	defer seen.Unlock()
+	var leaked []string
+	for _, secret := range testSecrets {
+		for _, text := range seen.text {
+			if strings.Contains(text, secret) {
+				leaked = append(leaked, fmt.Sprintf("%q in %.200q", secret, text))
+				break
+			}
+		}
+	}
+	return leaked
+}
+
+// rememberLogs is a zapcore.Core that keeps every entry's message and
+// fields, JSON-encoded, for the secret scan.
+type rememberLogs struct {
+	zapcore.LevelEnabler
+	enc zapcore.Encoder
+}
+
+func (c rememberLogs) With(fields []zapcore.Field) zapcore.Core {
+	enc := c.enc.Clone()
+	for _, f := range fields {
+		f.AddTo(enc)
+	}
+	return rememberLogs{c.LevelEnabler, enc}
+}
+
+func (c rememberLogs) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	return ce.AddCore(e, c)
+}
+
+func (c rememberLogs) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	buf, err := c.enc.EncodeEntry(e, fields)
+	if err != nil {
+		return err
+	}
+	remember(buf.String())
+	buf.Free()
+	return nil
+}
+
+func (rememberLogs) Sync() error { return nil }
 
 // router is a running router on loopback ports, for end-to-end tests.
 type router struct {
@@ -44,7 +127,8 @@ func startRouter(t *testing.T, yaml string) *router {
 		t.Fatalf("config: %v", err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	srv, err := New(cfg, zap.New(core))
+	tee := zapcore.NewTee(core, rememberLogs{zapcore.DebugLevel, zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())})
+	srv, err := New(cfg, zap.New(tee))
 	if err != nil {
 		t.Fatalf("new server: %v", err)
 	}
