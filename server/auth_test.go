@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,7 +23,12 @@ import (
 	"testing"
 	"time"
 
+	listenapi "github.com/deepgram/deepgram-go-sdk/v3/pkg/api/listen/v1/rest"
+	interfaces "github.com/deepgram/deepgram-go-sdk/v3/pkg/client/interfaces"
+	listen "github.com/deepgram/deepgram-go-sdk/v3/pkg/client/listen"
 	"github.com/gorilla/websocket"
+
+	"github.com/earshot/earshot/sim"
 )
 
 var (
@@ -401,5 +407,33 @@ func TestSecretScanCatchesLeaks(t *testing.T) {
 	seen.Unlock()
 	if len(leaked) != 1 || !strings.Contains(leaked[0], "admin-token") {
 		t.Errorf("the scan found %v in a planted line", leaked)
+	}
+}
+
+// TestSDKWithKeys points the official Go SDK at a router that requires
+// keys: with a key it transcribes; with a wrong one it gets INVALID_AUTH.
+func TestSDKWithKeys(t *testing.T) {
+	sdkEnv(t)
+	r := startRouter(t, fmt.Sprintf("\nauth:\n  keys:\n    - {name: acme, sha256: %s}\n", digest(clientKey))+
+		strings.Replace(simRegions(""), "routing: {allow_client_override: true}\n", "", 1))
+	audio := sim.WAV(sim.Synthesize(testWords, 16000, 2.0), 16000, 1)
+	for _, tc := range []struct {
+		key  string
+		want string
+	}{{clientKey, ""}, {"sk-wrong", "401"}} {
+		rc := listen.NewREST(tc.key, &interfaces.ClientOptions{Host: "http://" + r.api})
+		t.Cleanup(rc.CloseIdleConnections)
+		res, err := listenapi.New(rc).FromStream(t.Context(), bytes.NewReader(audio), &interfaces.PreRecordedTranscriptionOptions{Model: "nova-3"})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("with the key: %v", err)
+		case tc.want == "" && res.Results.Channels[0].Alternatives[0].Transcript != testTranscript:
+			t.Errorf("with the key: transcript %q", res.Results.Channels[0].Alternatives[0].Transcript)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("with a wrong key: %v, want a %s", err, tc.want)
+		}
+		if err != nil {
+			remember(err.Error())
+		}
 	}
 }
