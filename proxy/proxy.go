@@ -121,17 +121,25 @@ func (h *Handler) Snapshot() *Snapshot { return h.snap.Load() }
 // Close releases idle connections to regions.
 func (h *Handler) Close() { h.http.closeIdle() }
 
-// Shutdown closes every open stream with 1001 (going away) on both sides
-// and waits for them to end, or for ctx; then it cuts what remains.
+// Shutdown drains every open stream (see stream.drain: the region is asked
+// for its final results, which reach the client before it is closed with
+// 1001) and waits for them to end, or for ctx; then it cuts what remains.
 // Call it after http.Server.Shutdown, which does not track hijacked
 // connections.
 func (h *Handler) Shutdown(ctx context.Context) {
 	h.mu.Lock()
 	h.closing = true
+	open := make([]*stream, 0, len(h.streams))
 	for st := range h.streams {
-		st.goAway("router shutting down")
+		open = append(open, st)
 	}
 	h.mu.Unlock()
+	// Each drain may wait for a client's message in flight, so they run
+	// side by side.
+	var drains sync.WaitGroup
+	for _, st := range open {
+		drains.Go(st.drain)
+	}
 	done := make(chan struct{})
 	go func() {
 		h.wg.Wait()
@@ -142,11 +150,12 @@ func (h *Handler) Shutdown(ctx context.Context) {
 	case <-ctx.Done():
 		h.mu.Lock()
 		for st := range h.streams {
-			st.kill()
+			st.abandon()
 		}
 		h.mu.Unlock()
 		<-done
 	}
+	drains.Wait()
 }
 
 // track registers an open stream for Shutdown. It reports false, tracking

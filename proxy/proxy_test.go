@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -174,7 +175,11 @@ func TestCapacityIsHeldUntilTheBodyIsDone(t *testing.T) {
 	}
 }
 
-func TestShutdownClosesStreamsWith1001(t *testing.T) {
+// drainingRegion answers like Deepgram's streaming STT: Finalize yields a
+// final result, CloseStream the Metadata and a normal close. A region
+// told to ignore them never finishes.
+func drainingRegion(t *testing.T, ignore bool) (*httptest.Server, <-chan string) {
+	got := make(chan string, 16)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
 		if err != nil {
@@ -182,28 +187,115 @@ func TestShutdownClosesStreamsWith1001(t *testing.T) {
 		}
 		defer c.Close()
 		for {
-			if _, _, err := c.ReadMessage(); err != nil {
+			_, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			select {
+			case got <- string(msg):
+			default:
+			}
+			if ignore {
+				continue
+			}
+			switch string(msg) {
+			case `{"type":"Finalize"}`:
+				_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type":"Results","is_final":true,"from_finalize":true}`))
+			case `{"type":"CloseStream"}`:
+				_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type":"Metadata"}`))
+				_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+				_, _, _ = c.ReadMessage() // the router's answer to the close
 				return
 			}
 		}
 	}))
-	defer up.Close()
-	h, srv := newTestProxy(t, up.URL, 0)
+	t.Cleanup(up.Close)
+	return up, got
+}
+
+// dialTracked opens a stream through h and waits until h relays it, so a
+// Shutdown that follows finds it open.
+func dialTracked(t *testing.T, h *Handler, srv *httptest.Server) *websocket.Conn {
+	t.Helper()
 	c, _, err := websocket.DefaultDialer.Dial("ws"+srv.URL[len("http"):]+"/v1/listen", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.mu.Lock()
+		n := len(h.streams)
+		h.mu.Unlock()
+		if n > 0 {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("stream not relayed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestShutdownDrainsStreams(t *testing.T) {
+	up, _ := drainingRegion(t, false)
+	h, srv := newTestProxy(t, up.URL, 0)
+	c := dialTracked(t, h, srv)
 	done := make(chan struct{})
 	go func() {
-		h.Shutdown(context.Background())
+		h.Shutdown(context.Background()) // no deadline: the drain must finish on its own
 		close(done)
 	}()
-	_, _, err = c.ReadMessage()
-	if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
-		t.Errorf("read during shutdown: %v, want close 1001", err)
+	var got []string
+	for {
+		_, msg, err := c.ReadMessage()
+		if err != nil {
+			if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+				t.Errorf("stream ended with %v, want close 1001", err)
+			}
+			break
+		}
+		got = append(got, string(msg))
 	}
-	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1001, ""), time.Now().Add(time.Second))
+	want := []string{`{"type":"Results","is_final":true,"from_finalize":true}`, `{"type":"Metadata"}`}
+	if !slices.Equal(got, want) {
+		t.Errorf("client received %q during shutdown, want %q", got, want)
+	}
+	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, ""), time.Now().Add(time.Second))
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not finish")
+	}
+}
+
+func TestShutdownDeadlineClosesStreamsWith1001(t *testing.T) {
+	up, seen := drainingRegion(t, true)
+	h, srv := newTestProxy(t, up.URL, 0)
+	c := dialTracked(t, h, srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		h.Shutdown(ctx)
+		close(done)
+	}()
+	// The region is asked to finish and ignores it, so only the deadline
+	// can end the stream.
+	for _, want := range []string{`{"type":"Finalize"}`, `{"type":"CloseStream"}`} {
+		if m := <-seen; m != want {
+			t.Fatalf("region received %s, want %s", m, want)
+		}
+	}
+	select {
+	case <-done:
+		t.Fatal("shutdown finished before its deadline with a stream open")
+	default:
+	}
+	cancel()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		t.Errorf("after the deadline: %v, want close 1001", err)
+	}
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):

@@ -136,7 +136,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}
 	x.status = http.StatusSwitchingProtocols
 
-	st := newStream(clientConn, upConn, s.h.opts)
+	st := newStream(clientConn, upConn, s.h.opts, r.URL.Path)
 	if s.h.track(st) {
 		st.run()
 		s.h.untrack(st)
@@ -411,6 +411,11 @@ type stream struct {
 	last      atomic.Int64  // unix nanos of the last message either way
 	idleTimer *time.Timer
 	idled     atomic.Bool // closed for idleness
+
+	kind        string     // the API path, which says how the stream can be drained
+	regionWrite sync.Mutex // serialises data messages to the region (pump and drain)
+	draining    bool       // under regionWrite: Finalize and CloseStream have been sent
+	drained     atomic.Bool
 }
 
 type pumpStats struct {
@@ -418,8 +423,8 @@ type pumpStats struct {
 	bytes    int64
 }
 
-func newStream(client, region *websocket.Conn, o Options) *stream {
-	st := &stream{client: client, region: region, grace: o.CloseGrace, idle: o.StreamIdle}
+func newStream(client, region *websocket.Conn, o Options, kind string) *stream {
+	st := &stream{client: client, region: region, grace: o.CloseGrace, idle: o.StreamIdle, kind: kind}
 	if st.grace <= 0 {
 		st.grace = 5 * time.Second
 	}
@@ -462,7 +467,21 @@ func (st *stream) clientToRegion() {
 			st.clientEnded(err)
 			return
 		}
-		if err := st.copyMessage(st.region, mt, rd, &st.up, true); err != nil {
+		st.regionWrite.Lock()
+		if st.draining {
+			// The router is stopping and has asked the region for the
+			// final results: the client's further audio is not sent.
+			_, err = io.Copy(io.Discard, rd)
+			st.regionWrite.Unlock()
+			if err != nil {
+				st.clientEnded(err)
+				return
+			}
+			continue
+		}
+		err = st.copyMessage(st.region, mt, rd, &st.up, true)
+		st.regionWrite.Unlock()
+		if err != nil {
 			if isReadErr(err) {
 				st.clientEnded(err.(readErr).err)
 				return
@@ -547,6 +566,13 @@ func (st *stream) regionEnded(err error) {
 			// Answer the region's close ourselves: the client cannot.
 			st.closeRegion(ce.Code, "")
 		}
+		if st.drained.Load() && ce.Code == websocket.CloseNormalClosure {
+			// The region finished after the router asked it to: the client
+			// has every result, and learns the router is going away.
+			st.closeRegion(ce.Code, "")
+			st.closeClient(websocket.CloseGoingAway, "router shutting down")
+			return
+		}
 		st.closeClient(ce.Code, ce.Text)
 	case errors.Is(err, websocket.ErrReadLimit):
 		st.regionClose.Store(int32(websocket.CloseMessageTooBig))
@@ -593,10 +619,56 @@ func (st *stream) closeClient(code int, text string) {
 	_ = st.client.SetReadDeadline(time.Now().Add(st.grace))
 }
 
+// drain ends a stream gracefully when the router stops: the region is
+// asked to finish (Finalize, then CloseStream, for streaming STT; CloseStream
+// for Flux), its final results and Metadata still reach the client, and
+// when the region closes the client gets 1001. A stream with no such
+// messages (speak, agent) gets 1001 at once on both sides.
+func (st *stream) drain() {
+	var msgs []string
+	switch st.kind {
+	case "/v1/listen":
+		msgs = []string{`{"type":"Finalize"}`, `{"type":"CloseStream"}`}
+	case "/v2/listen":
+		msgs = []string{`{"type":"CloseStream"}`}
+	default:
+		st.goAway("router shutting down")
+		return
+	}
+	st.regionWrite.Lock()
+	defer st.regionWrite.Unlock()
+	if st.draining || st.regionClosed.Load() {
+		return
+	}
+	st.draining = true
+	st.drained.Store(true)
+	for _, m := range msgs {
+		if err := st.region.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
+			st.goAway("router shutting down")
+			return
+		}
+	}
+	st.closeStreamSent.Store(true)
+}
+
 // goAway ends the stream from the router's side: both peers get 1001.
 func (st *stream) goAway(reason string) {
 	st.closeRegion(websocket.CloseGoingAway, reason)
 	st.closeClient(websocket.CloseGoingAway, reason)
+}
+
+// abandon ends a stream the drain deadline has caught: each peer gets a
+// 1001 if one can be written at once, then both sockets are cut.
+func (st *stream) abandon() {
+	const reason = "router shutting down"
+	deadline := time.Now().Add(50 * time.Millisecond)
+	if st.clientClosed.CompareAndSwap(false, true) && !st.clientLost.Load() {
+		_ = st.client.WriteControl(websocket.CloseMessage, closePayload(websocket.CloseGoingAway, reason), deadline)
+	}
+	if st.regionClosed.CompareAndSwap(false, true) {
+		_ = st.region.WriteControl(websocket.CloseMessage, closePayload(websocket.CloseGoingAway, reason), deadline)
+	}
+	st.kill()
 }
 
 // kill cuts both sockets at once.

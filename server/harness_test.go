@@ -113,6 +113,7 @@ type router struct {
 	api   string // "127.0.0.1:PORT"
 	admin string
 	logs  *observer.ObservedLogs
+	stop  func() // shuts the router down as SIGTERM does, and waits
 }
 
 // startRouter runs a router built from the YAML config text until the test
@@ -143,14 +144,16 @@ func startRouter(t *testing.T, yaml string) *router {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, api, admin) }()
-	t.Cleanup(func() {
+	r := &router{t: t, srv: srv, api: api.Addr().String(), admin: admin.Addr().String(), logs: logs}
+	r.stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 		srv.Close()
 	})
-	return &router{t: t, srv: srv, api: api.Addr().String(), admin: admin.Addr().String(), logs: logs}
+	t.Cleanup(r.stop)
+	return r
 }
 
 func (r *router) url(path string) string { return "http://" + r.api + path }

@@ -297,10 +297,16 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	s.log.Info("shutting down", zap.Duration("deadline", t.Shutdown))
 	sctx, cancel := context.WithTimeout(context.Background(), t.Shutdown)
 	defer cancel()
-	if e := apiSrv.Shutdown(sctx); e != nil {
-		_ = apiSrv.Close()
-	}
-	s.proxy.Shutdown(sctx)
+	// HTTP requests finish and streams drain side by side, within the one
+	// deadline; the admin listener serves until both are done.
+	var drain sync.WaitGroup
+	drain.Go(func() {
+		if e := apiSrv.Shutdown(sctx); e != nil {
+			_ = apiSrv.Close()
+		}
+	})
+	drain.Go(func() { s.proxy.Shutdown(sctx) })
+	drain.Wait()
 	_ = adminSrv.Shutdown(sctx)
 	stopWatch()
 	wg.Wait()

@@ -527,3 +527,66 @@ func containsInOrder(got, want []string) bool {
 	}
 	return i == len(want)
 }
+
+// TestShutdownDeliversEveryFinalResult stops the router, as SIGTERM does,
+// while streams hold words the region has heard but not yet finalised
+// (endpointing is off, so only the router's Finalize can finalise them).
+// Each stream still gets its final transcript and Metadata, then 1001.
+func TestShutdownDeliversEveryFinalResult(t *testing.T) {
+	r := startRouter(t, simRegions(""))
+	const streams = 4
+	conns := make([]*websocket.Conn, streams)
+	for i := range conns {
+		c, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen?encoding=linear16&sample_rate=16000&endpointing=false&interim_results=true"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sendAudio(t, c, sim.Synthesize(testWords, 16000, 2.0), 3200)
+		conns[i] = c
+	}
+	// The region has heard every word once an interim result holds them all.
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			_, data, err := c.ReadMessage()
+			if err != nil {
+				t.Fatalf("stream %d: %v before the region heard every word", i, err)
+			}
+			var m message
+			_ = json.Unmarshal(data, &m)
+			if m.IsFinal {
+				t.Fatalf("stream %d: final result %s before shutdown with endpointing off", i, data)
+			}
+			if m.transcript() == "tell me more" {
+				break
+			}
+		}
+	}
+
+	stopped := make(chan struct{})
+	go func() {
+		r.stop()
+		close(stopped)
+	}()
+	for i, c := range conns {
+		msgs, ce := readAll(t, c)
+		var finals []string
+		for _, m := range msgs {
+			if m.Type == "Results" && m.IsFinal && m.transcript() != "" {
+				finals = append(finals, m.transcript())
+			}
+		}
+		if got := strings.Join(finals, " "); got != "tell me more" {
+			t.Errorf("stream %d: final transcripts during shutdown = %q, want %q", i, got, "tell me more")
+		}
+		if len(msgs) == 0 || msgs[len(msgs)-1].Type != "Metadata" {
+			t.Errorf("stream %d: last message is not Metadata: %+v", i, msgs)
+		}
+		if ce.Code != websocket.CloseGoingAway {
+			t.Errorf("stream %d: closed with %v, want 1001", i, ce)
+		}
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, ""), time.Now().Add(time.Second))
+	}
+	recv(t, stopped, "router stopped")
+}
