@@ -5,8 +5,8 @@
 run:            ## run the router on config.yaml (four simulated regions)
 	go run ./cmd/router --config config.yaml
 
-test:           ## what CI runs
-	go vet ./... && go test -race ./...
+test:           ## what CI runs: vet, race tests, short fuzz runs
+	./scripts/test.sh
 
 bench:          ## Go benchmarks of the HTTP path and the stream relay
 	go test -run '^$$' -bench . -benchmem -count 5 ./proxy/

@@ -186,12 +186,7 @@ func ParseAuthorization(v string) (scheme, key string, ok bool) {
 		return "", "", false
 	}
 	key = strings.TrimLeft(key, " ")
-	switch {
-	case strings.EqualFold(scheme, "token"), strings.EqualFold(scheme, "bearer"):
-	default:
-		return "", "", false
-	}
-	if !validKey(key) {
+	if !IsScheme(scheme) || !validKey(key) {
 		return "", "", false
 	}
 	return scheme, key, true
@@ -211,13 +206,34 @@ func ParseSubprotocol(values []string) (scheme, key string, ok bool) {
 		return "", "", false
 	}
 	scheme = offered[0]
-	if !strings.EqualFold(scheme, "token") && !strings.EqualFold(scheme, "bearer") {
-		return "", "", false
-	}
-	if !validKey(offered[1]) {
+	if !IsScheme(scheme) || !validKey(offered[1]) {
 		return "", "", false
 	}
 	return scheme, offered[1], true
+}
+
+// IsScheme reports whether s is "token" or "bearer" in any ASCII casing.
+// (strings.EqualFold would also take Unicode folds such as the Kelvin sign
+// for "k", which no HTTP client sends and no auth layer upstream accepts.)
+func IsScheme(s string) bool {
+	return asciiEqualFold(s, "token") || asciiEqualFold(s, "bearer")
+}
+
+// asciiEqualFold compares s with lower, which is lower-case ASCII.
+func asciiEqualFold(s, lower string) bool {
+	if len(s) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // validKey accepts keys and JWTs: 1 to 4096 visible ASCII characters.

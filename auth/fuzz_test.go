@@ -49,6 +49,7 @@ func FuzzParseAuthorization(f *testing.F) {
 	for _, s := range []string{
 		"Token abc", "Bearer eyJhbGciOi.J9.x", "TOKEN   k", "token", "Basic dXNlcjpwYXNz",
 		" Token abc ", "Token a b", "Token \tabc", "Token " + strings.Repeat("k", 4097), "bearer\tabc",
+		"To\u212Aen abc", // the Kelvin sign folds to "k" in Unicode, not in ASCII
 	} {
 		f.Add(s)
 	}
@@ -100,7 +101,7 @@ func offeredProtocols(values []string) []string {
 func FuzzParseSubprotocol(f *testing.F) {
 	for _, s := range []string{
 		"token, abc", "bearer,eyJ.x.y", "Token\nabc", "chat, superchat", "token", "token, a b",
-		"token,,abc", " TOKEN ,\tabc , extra", "bearer, " + strings.Repeat("x", 4097), "",
+		"token,,abc", " TOKEN ,\tabc , extra", "to\u212Aen, abc", "bearer, " + strings.Repeat("x", 4097), "",
 	} {
 		f.Add(s)
 	}

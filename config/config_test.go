@@ -213,6 +213,7 @@ regions:
 			`test.yaml:2: routing.trusted_proxies[0]: "10.0.0.0/33" is neither a CIDR nor an address`},
 		{"bad listen", "listen: 8080\n" + minimal, `test.yaml:1: listen: "8080" is not host:port`},
 		{"syntax", "regions: [\n", `test.yaml:`},
+		{"second document", minimal + "---\nlisten: \":81\"\n", `a second YAML document`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -57,6 +57,15 @@ func decode(path string, data []byte) (*Config, error) {
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, c.decodeError(err)
 	}
+	// A second document ("---") would be ignored silently: say so instead.
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, syntaxError(path, err)
+	default:
+		return nil, &Error{File: path, Line: next.Line, Msg: "a second YAML document; the config is one document (remove the \"---\")"}
+	}
 	return c, nil
 }
 

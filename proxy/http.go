@@ -99,10 +99,15 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 		// http.ErrAbortHandler inside ServeHTTP: record it, then let it go on
 		// to net/http, which closes the connection quietly.
 		if v := recover(); v != nil {
-			x.err = errAborted
+			if x.err == nil {
+				x.err = errAborted
+			}
 			defer panic(v)
 		}
-		x.status, x.bytesOut = cw.status, cw.n
+		if cw.status != 0 { // else nothing was written: keep the status decided (499)
+			x.status = cw.status
+		}
+		x.bytesOut = cw.n
 		x.release(health.Outcome{Status: x.status, ClientGone: clientGone(r.Context())})
 		f.h.logAccess(r, x, x.up)
 	}()
@@ -161,6 +166,12 @@ func (f *httpForwarder) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 	pr.Out.Host = ""
 	pr.Out.Header.Del("Authorization") // the client's key is the router's business, not the region's
+	// ReverseProxy would pass an upgrade on and tunnel raw bytes on a 101;
+	// streams go through the WebSocket relay, with its checks, or not at all.
+	if pr.Out.Header.Get("Upgrade") != "" {
+		pr.Out.Header.Del("Upgrade")
+		pr.Out.Header.Del("Connection")
+	}
 	setForwarded(pr.Out.Header, pr.In, x)
 	pr.Out.Header.Set("X-Request-Id", x.id)
 }
@@ -369,6 +380,8 @@ func (f *httpForwarder) errorHandler(w http.ResponseWriter, r *http.Request, err
 	x.release(health.Outcome{Err: err, ClientGone: e.status == StatusClientClosed})
 	x.setRouteHeaders(w.Header())
 	writeError(w, e, x.id)
+	x.status = e.status
+	abortIfGone(e)
 }
 
 // releaseOnClose reports the outcome and frees capacity when ReverseProxy

@@ -267,6 +267,16 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, x *exchange, e 
 	x.status, x.err = e.status, e
 	writeError(w, e, x.id)
 	h.logAccess(r, x, nil)
+	abortIfGone(e)
+}
+
+// abortIfGone ends the response to a client that has gone (499): net/http
+// would otherwise answer a handler that wrote nothing with an empty 200,
+// which a half-closed client still reading would take for success.
+func abortIfGone(e *apiError) {
+	if e.status == StatusClientClosed {
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // recoverPanic turns a panic in the data path into a 500 (when nothing has

@@ -302,3 +302,36 @@ func TestShutdownDeadlineClosesStreamsWith1001(t *testing.T) {
 		t.Fatal("shutdown did not finish")
 	}
 }
+
+// TestPlainRequestsDoNotUpgrade sends upgrade headers on a POST: the region
+// must not see them, or ReverseProxy would tunnel its 101 past the relay.
+func TestPlainRequestsDoNotUpgrade(t *testing.T) {
+	seen := make(chan http.Header, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		if r.Header.Get("Upgrade") != "" {
+			w.Header().Set("Connection", "Upgrade")
+			w.Header().Set("Upgrade", "websocket")
+			w.WriteHeader(http.StatusSwitchingProtocols)
+			return
+		}
+		_, _ = io.WriteString(w, `{"results":{}}`)
+	}))
+	defer up.Close()
+	_, srv := newTestProxy(t, up.URL, 0)
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/listen", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("POST with upgrade headers = %d %s, want 200", resp.StatusCode, body)
+	}
+	if h := <-seen; h.Get("Upgrade") != "" || h.Get("Connection") != "" {
+		t.Errorf("region saw Upgrade %q, Connection %q", h.Get("Upgrade"), h.Get("Connection"))
+	}
+}

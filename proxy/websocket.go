@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
 
+	"github.com/earshot/earshot/auth"
 	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/routing"
 )
@@ -165,10 +167,21 @@ func checkUpgrade(r *http.Request) *apiError {
 			"GET " + r.URL.Path + " must be a WebSocket upgrade (for pre-recorded audio, POST /v1/listen)."}
 	case r.Header.Get("Sec-Websocket-Version") != "13":
 		return &apiError{http.StatusBadRequest, codeBadRequest, "Unsupported Sec-WebSocket-Version; want 13."}
-	case len(r.Header.Get("Sec-Websocket-Key")) != 24:
+	case !validWebSocketKey(r.Header.Get("Sec-Websocket-Key")):
 		return &apiError{http.StatusBadRequest, codeBadRequest, "Missing or malformed Sec-WebSocket-Key."}
 	}
 	return nil
+}
+
+// validWebSocketKey reports whether k is base64 of 16 bytes (RFC 6455
+// section 4.2.1), as the region's upgrader will insist.
+func validWebSocketKey(k string) bool {
+	if len(k) != 24 {
+		return false
+	}
+	var b [18]byte
+	n, err := base64.StdEncoding.Decode(b[:], []byte(k))
+	return err == nil && n == 16
 }
 
 // chooseSubprotocol picks the subprotocol to echo to the client. Browsers
@@ -176,11 +189,8 @@ func checkUpgrade(r *http.Request) *apiError {
 // socket unless the scheme is echoed; otherwise echo what the region chose,
 // if the client offered it.
 func chooseSubprotocol(offered []string, regionChose string) string {
-	if len(offered) > 0 {
-		switch strings.ToLower(offered[0]) {
-		case "token", "bearer":
-			return offered[0]
-		}
+	if len(offered) > 0 && auth.IsScheme(offered[0]) {
+		return offered[0]
 	}
 	for _, p := range offered {
 		if p == regionChose && p != "" {
@@ -738,8 +748,10 @@ func (st *stream) checkIdle() {
 		return
 	}
 	st.idled.Store(true)
-	st.closeRegion(websocket.CloseInternalServerErr, "stream idle")
+	// The client first: once the region is closed, its answer could be
+	// relayed to the client in place of the reason.
 	st.closeClient(websocket.CloseInternalServerErr, "stream idle: no message for "+st.idle.String())
+	st.closeRegion(websocket.CloseInternalServerErr, "stream idle")
 }
 
 // copyControl copies a client's text message whole, noting CloseStream.

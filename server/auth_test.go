@@ -280,12 +280,12 @@ func TestAdminToken(t *testing.T) {
 // TestStreamIdle closes a stream on which nothing has been said.
 func TestStreamIdle(t *testing.T) {
 	r := startRouter(t, strings.Replace(simRegions(""), "timeouts: {close_grace: 2s}", "timeouts: {close_grace: 1s, stream_idle: 300ms}", 1))
+	start := time.Now() // before the dial: the router's clock starts during it
 	c, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	start := time.Now()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, _, err = c.ReadMessage()
 	if !websocket.IsCloseError(err, websocket.CloseInternalServerErr) || !strings.Contains(err.Error(), "stream idle") {

@@ -57,6 +57,15 @@ func (c *limitConn) Close() error {
 	return err
 }
 
+// CloseWrite passes a half-close through: net/http sends FIN, not a reset,
+// before closing a connection whose input it has not read (a 431 or 413).
+func (c *limitConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // certReloader serves a certificate and key pair from files and picks up
 // replacements: at most once a second a handshake checks the files'
 // modification times and reloads when they changed. A bad new pair is
