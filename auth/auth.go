@@ -37,7 +37,13 @@ type Key struct {
 	streams    atomic.Int64
 	// Regions the key may use; empty: any. Routing applies it as a mask.
 	Regions []string
+
+	opts KeyOptions
 }
+
+// Options returns what the key was made from. A reload keeps a key (its
+// rate and open streams) when they are unchanged.
+func (k *Key) Options() KeyOptions { return k.opts }
 
 // KeyOptions describe a key.
 type KeyOptions struct {
@@ -53,7 +59,7 @@ type KeyOptions struct {
 
 // NewKey returns a key.
 func NewKey(o KeyOptions) *Key {
-	k := &Key{Name: o.Name, digest: o.Digest, maxStreams: int64(o.MaxStreams), Regions: o.Regions}
+	k := &Key{Name: o.Name, digest: o.Digest, maxStreams: int64(o.MaxStreams), Regions: o.Regions, opts: o}
 	if o.Rate > 0 {
 		burst := o.Burst
 		if burst <= 0 {

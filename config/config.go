@@ -49,7 +49,8 @@ type Config struct {
 	// Path is the file the config was loaded from, for error messages.
 	Path string `yaml:"-"`
 
-	root *yaml.Node // the parsed document, to find a field's line
+	root   *yaml.Node // the parsed document, to find a field's line
+	source []byte     // the text it was parsed from
 }
 
 // Log configures the zap logger.
@@ -279,6 +280,9 @@ func Load(path string) (*Config, error) {
 	}
 	return Parse(path, data)
 }
+
+// Source returns the text the config was parsed from.
+func (c *Config) Source() []byte { return c.source }
 
 // Parse decodes, defaults and validates data; path is used in messages.
 func Parse(path string, data []byte) (*Config, error) {

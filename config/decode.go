@@ -48,7 +48,7 @@ func decode(path string, data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, syntaxError(path, err)
 	}
-	c := &Config{Path: path, root: &root}
+	c := &Config{Path: path, root: &root, source: data}
 	if len(root.Content) == 0 {
 		return c, nil // an empty file: Validate reports what is missing
 	}

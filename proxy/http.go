@@ -356,6 +356,7 @@ func (f *httpForwarder) modifyResponse(resp *http.Response) error {
 	}
 	// Health learns of the answer now; capacity is held until the body is done.
 	x.status = resp.StatusCode
+	x.firstByte = time.Since(x.start)
 	o := health.Outcome{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
 	if measuresLatency(resp.Request.URL.Path) {
 		o.Latency = time.Since(x.attempt)

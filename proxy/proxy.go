@@ -52,11 +52,13 @@ func NewUpstream(name string, base *url.URL, header http.Header, h *health.Regio
 	return &Upstream{Name: name, URL: &u, Header: header, Health: h, wsScheme: ws}
 }
 
-// Snapshot is the routing table and the regions it names. It is immutable.
+// Snapshot is the routing table, the regions it names and the client keys.
+// It is immutable; a config reload swaps in a new one.
 type Snapshot struct {
 	Locator   *routing.Locator
 	Table     *routing.Table
 	Upstreams map[string]*Upstream // by region name
+	Auth      *auth.Authenticator  // nil lets everyone in
 }
 
 // Options configure a Handler.
@@ -74,8 +76,8 @@ type Options struct {
 
 	Retry RetryOptions
 
-	// Auth authenticates clients; nil lets everyone in.
-	Auth *auth.Authenticator
+	// Observer, if set, is told of every request and stream as it ends.
+	Observer Observer
 
 	// Transport overrides the HTTP transport to regions (tests, benchmarks).
 	Transport http.RoundTripper
@@ -158,6 +160,13 @@ func (h *Handler) Shutdown(ctx context.Context) {
 	drains.Wait()
 }
 
+// OpenStreams is how many streams are being relayed now.
+func (h *Handler) OpenStreams() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.streams)
+}
+
 // track registers an open stream for Shutdown. It reports false, tracking
 // nothing, once Shutdown has begun.
 func (h *Handler) track(st *stream) bool {
@@ -222,6 +231,10 @@ type exchange struct {
 	bytesIn  atomic.Int64 // the request body may be read by the transport's goroutine
 	bytesOut int64
 	err      error
+
+	stream                   bool
+	firstByte                time.Duration // see Record.FirstByte
+	clientClose, regionClose int
 }
 
 // ServeHTTP dispatches a request to the HTTP forwarder or the stream relay.
@@ -241,13 +254,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stream := r.Method == http.MethodGet && rt.stream
+	x.stream = stream
 	if !stream && !(r.Method == http.MethodPost && rt.post) && !(r.Method == http.MethodGet && rt.get) {
 		w.Header().Set("Allow", rt.allow)
 		h.reject(w, r, x, &apiError{http.StatusMethodNotAllowed, codeMethod,
 			quoteMethod(r.Method) + " is not allowed on " + r.URL.Path + "; use " + rt.allow + "."})
 		return
 	}
-	if a := h.opts.Auth; a != nil {
+	if a := x.snap.Auth; a != nil {
 		if !h.admit(w, r, x, a, stream) {
 			return
 		}

@@ -137,6 +137,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		return
 	}
 	x.status = http.StatusSwitchingProtocols
+	x.firstByte = time.Since(x.start)
 
 	st := newStream(clientConn, upConn, s.h.opts, r.URL.Path)
 	if s.h.track(st) {
@@ -149,10 +150,11 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}
 	x.bytesIn.Store(st.up.bytes)
 	x.bytesOut = st.down.bytes
+	x.clientClose, x.regionClose = int(st.clientClose.Load()), int(st.regionClose.Load())
 	x.release(outcome)
 	s.h.logAccess(r, x, up,
-		zap.Int32("client_close", st.clientClose.Load()),
-		zap.Int32("region_close", st.regionClose.Load()),
+		zap.Int("client_close", x.clientClose),
+		zap.Int("region_close", x.regionClose),
 		zap.Int64("messages_in", st.up.messages),
 		zap.Int64("messages_out", st.down.messages),
 	)
@@ -200,7 +202,7 @@ func chooseSubprotocol(offered []string, regionChose string) string {
 	return ""
 }
 
-func (s *wsRelay) upstreamURL(up *Upstream, r *http.Request) string {
+func (s *wsRelay) upstreamURL(up *Upstream, r *http.Request, x *exchange) string {
 	var b strings.Builder
 	b.WriteString(up.wsScheme)
 	b.WriteString("://")
@@ -208,7 +210,7 @@ func (s *wsRelay) upstreamURL(up *Upstream, r *http.Request) string {
 	b.WriteString(up.URL.EscapedPath())
 	b.WriteString(r.URL.EscapedPath())
 	q := r.URL.RawQuery
-	if s.h.opts.Auth != nil {
+	if x.snap.Auth != nil {
 		q = stripQueryParam(q, "token") // a key given in the query stays at the edge
 	}
 	if q != "" {
@@ -302,7 +304,7 @@ func (s *wsRelay) connect(r *http.Request, x *exchange, p *plan) (won, lost *han
 		var ctx context.Context
 		ctx, hs.cancel = context.WithTimeout(r.Context(), s.h.opts.HandshakeTimeout)
 		header := s.upstreamHeader(r, x, up)
-		target := s.upstreamURL(up, r)
+		target := s.upstreamURL(up, r, x)
 		pending++
 		go func() {
 			hs.conn, hs.resp, hs.err = s.dialer.DialContext(ctx, target, header)

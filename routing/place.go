@@ -74,3 +74,10 @@ func KnownCountry(code string) bool {
 	_, ok := lookupCountry(code)
 	return ok
 }
+
+// CountryLocation returns the middle of a country (ISO 3166-1 alpha-2), as
+// the status page draws it; ok is false for an unknown code.
+func CountryLocation(code string) (lat, lon float64, ok bool) {
+	info, ok := lookupCountry(code)
+	return float64(info.lat), float64(info.lon), ok
+}

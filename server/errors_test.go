@@ -198,7 +198,7 @@ regions:
 	}
 	conn.Close()
 	waitFor(t, "the stream's capacity to be released", func() bool {
-		return r.srv.regions[0].health.InFlight() == 0
+		return r.srv.live().regions[0].health.InFlight() == 0
 	})
 	resp = post("FR")
 	resp.Body.Close()
@@ -234,7 +234,7 @@ regions:
 			c.Close()
 		}
 	}()
-	small, big := r.srv.regions[0].health, r.srv.regions[1].health
+	small, big := r.srv.live().regions[0].health, r.srv.live().regions[1].health
 	if small.InFlight() != 1 || big.InFlight() != 2 {
 		t.Fatalf("in flight: small %d, big %d; want 1 and 2", small.InFlight(), big.InFlight())
 	}

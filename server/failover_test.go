@@ -218,7 +218,7 @@ health:
   breaker: {consecutive_failures: 5, open_timeout: 300ms, half_open_requests: 2}
 `))
 	east := r.srv.Sim("us-east")
-	eastHealth := r.srv.regions[0].health
+	eastHealth := r.srv.live().regions[0].health
 	east.SetMode(sim.ModeRefuse)
 	clients := newTally()
 	for range 20 {
@@ -286,7 +286,7 @@ retry: {attempt_timeout: 300ms}
 	if took[0] < 300*time.Millisecond {
 		t.Errorf("the first request took %v; it should have waited out the 300ms attempt timeout", took[0])
 	}
-	east := r.srv.regions[0].health
+	east := r.srv.live().regions[0].health
 	if n := east.Count(2); n != 1 {
 		t.Errorf("us-east was tried %d times, want once", n)
 	}
@@ -393,7 +393,7 @@ retry: {hedge_delay: 50ms}
 	if st := r.srv.proxy.Stats(); st.Hedges != 1 {
 		t.Errorf("stats %+v, want one hedge", st)
 	}
-	east := r.srv.regions[0].health
+	east := r.srv.live().regions[0].health
 	waitFor(t, "the losing handshake to be closed and released", func() bool {
 		return east.InFlight() == 0 && east.Count(0) == 1 && r.srv.Sim("us-east").Engine().Stats().Streams == 0
 	})

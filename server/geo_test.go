@@ -230,7 +230,7 @@ func TestResidencyHoldsWhenItsRegionIsFullOrDown(t *testing.T) {
 		t.Errorf("Moscow with eu-west full: %s, want ap-south/spillover", got)
 	}
 	conn.Close()
-	waitFor(t, "eu-west to free", func() bool { return r.srv.regions[2].health.InFlight() == 0 })
+	waitFor(t, "eu-west to free", func() bool { return r.srv.live().regions[2].health.InFlight() == 0 })
 
 	// eu-west dies: EU clients get an error, never another region.
 	r.srv.Sim("eu-west").SetMode("die")
@@ -266,7 +266,7 @@ func TestSpilloverFollowsLoad(t *testing.T) {
 		}
 	}
 	conns[0].Close()
-	waitFor(t, "eu-west to have room", func() bool { return r.srv.regions[2].health.InFlight() < 2 })
+	waitFor(t, "eu-west to have room", func() bool { return r.srv.live().regions[2].health.InFlight() < 2 })
 	if got := routeOf(r.getFrom(de)); got != "eu-west/nearest" {
 		t.Errorf("after load dropped: %s, want eu-west/nearest", got)
 	}

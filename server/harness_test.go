@@ -127,6 +127,12 @@ func startRouter(t *testing.T, yaml string) *router {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	return startRouterWith(t, cfg)
+}
+
+// startRouterWith runs a router built from cfg until the test ends.
+func startRouterWith(t *testing.T, cfg *config.Config) *router {
+	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	tee := zapcore.NewTee(core, rememberLogs{zapcore.DebugLevel, zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())})
 	srv, err := New(cfg, zap.New(tee))

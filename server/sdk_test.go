@@ -314,7 +314,7 @@ func TestSDKLiveStream(t *testing.T) {
 	waitFor(t, "the stream's access log", func() bool { return stream() != nil })
 	f := stream()
 	if f["status"] != int64(http.StatusSwitchingProtocols) || f["region"] != "us-east" ||
-		f["client_close"] != int32(1006) || f["region_close"] != int32(1000) {
+		f["client_close"] != int64(1006) || f["region_close"] != int64(1000) {
 		t.Errorf("access log = %v, want status 101 from us-east, client_close 1006, region_close 1000", f)
 	}
 	// Audio frames, the KeepAlive, Finalize and CloseStream all reached the region.
@@ -327,7 +327,7 @@ func TestSDKLiveStream(t *testing.T) {
 		t.Errorf("bytes_in = %v, want at least the %d bytes of audio", f["bytes_in"], len(pcm))
 	}
 	waitFor(t, "the stream's capacity to be released", func() bool {
-		return r.srv.regions[0].health.InFlight() == 0
+		return r.srv.live().regions[0].health.InFlight() == 0
 	})
 }
 

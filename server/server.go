@@ -20,11 +20,12 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
-	"github.com/earshot/earshot/auth"
 	"github.com/earshot/earshot/config"
 	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/proxy"
@@ -34,83 +35,69 @@ import (
 
 // Server is a configured router.
 type Server struct {
-	cfg   *config.Config
-	log   *zap.Logger
-	proxy *proxy.Handler
-	sims  map[string]*sim.Server
+	cfg     *config.Config // as started; see Reload for what a reload changes
+	log     *zap.Logger
+	proxy   *proxy.Handler
+	metrics *metrics
 
 	probeClient *http.Client
-	auth        *auth.Authenticator // nil when disabled
-	certs       *certReloader       // nil without TLS
-	regions     []*regionState
+	certs       *certReloader  // nil without TLS
 	geo         *routing.GeoDB // nil without a database
+
+	state    atomic.Pointer[state]
+	lastData atomic.Pointer[[]byte] // the config file's content as last loaded
+	stopping atomic.Bool            // shutdown has begun: not ready
+
+	reloadMu    sync.Mutex // serialises reloads; guards the two below
+	reloadErr   string
+	reloadCount int
+
+	simMu   sync.Mutex
+	allSims []*sim.Server // every engine started, for Close
+
+	probeMu  sync.Mutex
+	probeCtx context.Context // set while serving
+	probeWG  *sync.WaitGroup
+	probes   map[*regionState]context.CancelFunc
 }
 
 type regionState struct {
 	name   string
 	kind   string // "sim" or "http"
 	url    string // safe to show: credentials are not allowed in region URLs
+	cfg    config.Region
 	health *health.Region
+	sim    *sim.Server // the simulated engine of a sim:// region
 	base   *url.URL
 	header http.Header // credentials for probes; never shown
 }
 
+// live is the state new requests see.
+func (s *Server) live() *state { return s.state.Load() }
+
 // New builds a router from cfg. It starts the simulated engines of sim://
 // regions on loopback ports; Close stops them.
 func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, sims: make(map[string]*sim.Server),
+	s := &Server{cfg: cfg, log: log, probes: map[*regionState]context.CancelFunc{},
 		probeClient: &http.Client{Transport: &http.Transport{
 			DialContext:         (&net.Dialer{Timeout: cfg.Timeouts.Connect}).DialContext,
 			MaxIdleConnsPerHost: 1,
 			IdleConnTimeout:     2 * cfg.Health.Probe.Interval,
 		}}}
-	snap := &proxy.Snapshot{Upstreams: make(map[string]*proxy.Upstream, len(cfg.Regions))}
-	var table []*routing.Region
-	for i := range cfg.Regions {
-		rc := &cfg.Regions[i]
-		base := rc.Base()
-		kind := "http"
-		if rc.IsSim() {
-			srv, err := s.startSim(rc)
-			if err != nil {
-				s.Close()
-				return nil, fmt.Errorf("start simulated region %s: %w", rc.Name, err)
-			}
-			base, _ = url.Parse(srv.URL())
-			kind = "sim"
-		}
-		h := health.New(rc.Name, health.Options{
-			Capacity:        rc.Capacity,
-			Breaker:         breakerOptions(&cfg.Health.Breaker),
-			OnBreakerChange: s.logBreaker(rc.Name),
-		})
-		snap.Upstreams[rc.Name] = proxy.NewUpstream(rc.Name, base, rc.UpstreamHeader(), h)
-		table = append(table, &routing.Region{Name: rc.Name, Load: h,
-			Location: routing.Location{Lat: rc.Location.Lat, Lon: rc.Location.Lon}})
-		s.regions = append(s.regions, &regionState{name: rc.Name, kind: kind, url: base.String(), health: h,
-			base: base, header: rc.UpstreamHeader()})
-	}
 	var err error
-	if snap.Table, err = routing.NewTable(table, tableOptions(&cfg.Routing)); err != nil {
-		s.Close()
-		return nil, err
-	}
 	if path := cfg.Routing.GeoIP.Database; path != "" {
 		if s.geo, err = routing.OpenGeoDB(path); err != nil {
-			s.Close()
 			return nil, err
 		}
 		log.Info("geoip database loaded", zap.String("path", path), zap.String("type", s.geo.Kind()))
 	}
-	snap.Locator = routing.NewLocator(cfg.Routing.Trusted(), cfg.Routing.EdgeHeaders, s.geo)
-	if !cfg.Auth.Disable {
-		var keys []*auth.Key
-		for _, k := range cfg.Auth.Keys {
-			keys = append(keys, auth.NewKey(auth.KeyOptions{Name: k.Name, Digest: k.Digest(), Rate: k.Rate,
-				Burst: k.Burst, MaxStreams: k.MaxStreams, Regions: k.Regions}))
-		}
-		s.auth = auth.New(keys, cfg.Auth.QueryToken)
-	} else {
+	st, snap, err := s.build(cfg, nil)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.state.Store(st)
+	if cfg.Auth.Disable {
 		log.Warn("client authentication is disabled (auth.disable): anyone who can reach the router can use it")
 	}
 	if t := cfg.TLS; t.Cert != "" {
@@ -121,9 +108,10 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
+	s.metrics = newMetrics(s)
 	s.proxy = proxy.New(snap, proxy.Options{
 		Logger:           log,
-		Auth:             s.auth,
+		Observer:         s.metrics,
 		StreamIdle:       cfg.Timeouts.StreamIdle,
 		ConnectTimeout:   cfg.Timeouts.Connect,
 		ResponseTimeout:  cfg.Timeouts.Response,
@@ -217,7 +205,9 @@ func (s *Server) startSim(rc *config.Region) (*sim.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.sims[rc.Name] = srv
+	s.simMu.Lock()
+	s.allSims = append(s.allSims, srv)
+	s.simMu.Unlock()
 	return srv, nil
 }
 
@@ -225,7 +215,7 @@ func (s *Server) startSim(rc *config.Region) (*sim.Server, error) {
 func (s *Server) Handler() http.Handler { return s.proxy }
 
 // Sim returns the simulated engine of a sim:// region, or nil.
-func (s *Server) Sim(region string) *sim.Server { return s.sims[region] }
+func (s *Server) Sim(region string) *sim.Server { return s.live().sims[region] }
 
 // Run listens on the configured addresses and serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
@@ -264,7 +254,7 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 		ErrorLog:          zap.NewStdLog(s.log.Named("admin")),
 	}
 	s.log.Info("serving", zap.String("listen", api.Addr().String()), zap.String("admin", admin.Addr().String()),
-		zap.Int("regions", len(s.regions)))
+		zap.Int("regions", len(s.live().regions)))
 
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
@@ -273,11 +263,10 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	if s.geo != nil {
 		wg.Go(func() { s.watchGeo(wctx) })
 	}
-	if !s.cfg.Health.Probe.Disable {
-		for _, r := range s.regions {
-			wg.Go(func() { s.probe(wctx, r) })
-		}
-	}
+	s.probeMu.Lock()
+	s.probeCtx, s.probeWG = wctx, &wg
+	s.probeMu.Unlock()
+	s.restartProbes()
 	for _, p := range []struct {
 		srv *http.Server
 		ln  net.Listener
@@ -294,6 +283,7 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	s.stopping.Store(true) // /readyz fails from now on
 	s.log.Info("shutting down", zap.Duration("deadline", t.Shutdown))
 	sctx, cancel := context.WithTimeout(context.Background(), t.Shutdown)
 	defer cancel()
@@ -308,7 +298,10 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	drain.Go(func() { s.proxy.Shutdown(sctx) })
 	drain.Wait()
 	_ = adminSrv.Shutdown(sctx)
+	s.probeMu.Lock()
 	stopWatch()
+	s.probeCtx = nil // no probes start after this
+	s.probeMu.Unlock()
 	wg.Wait()
 	return err
 }
@@ -334,7 +327,9 @@ func (s *Server) Close() {
 		s.proxy.Close()
 	}
 	s.probeClient.CloseIdleConnections()
-	for _, srv := range s.sims {
+	s.simMu.Lock()
+	defer s.simMu.Unlock()
+	for _, srv := range s.allSims {
 		_ = srv.Close()
 	}
 }
@@ -348,14 +343,17 @@ func (s *Server) adminHandler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.HandleFunc("GET /status", s.serveStatus)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
+		ErrorLog: zap.NewStdLog(s.log.Named("metrics")), EnableOpenMetrics: true}))
 	mux.HandleFunc("POST /sim/{region}/mode", s.serveSimMode)
 	if s.cfg.AdminToken == nil {
 		return mux
 	}
 	want := sha256.Sum256([]byte(s.cfg.AdminToken.Value()))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" {
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" { // probes carry no token
 			scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 			got := sha256.Sum256([]byte(token))
 			if !strings.EqualFold(scheme, "bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
@@ -372,6 +370,7 @@ type regionStatus struct {
 	Name       string            `json:"name"`
 	Kind       string            `json:"kind"`
 	URL        string            `json:"url"`
+	State      string            `json:"state"` // one word for people: see regionState.summary
 	InRotation bool              `json:"in_rotation"`
 	Health     string            `json:"health"` // probes: up, degraded, down
 	Breaker    string            `json:"breaker"`
@@ -384,6 +383,7 @@ type regionStatus struct {
 	LatencyMS  float64           `json:"latency_ms"`
 	Outcomes   map[string]uint64 `json:"outcomes"`
 	SimMode    string            `json:"sim_mode,omitempty"`
+	Location   config.Location   `json:"location"`
 }
 
 type probeStatus struct {
@@ -394,36 +394,121 @@ type probeStatus struct {
 	LatencyMS    float64   `json:"latency_ms"`
 }
 
+type configStatus struct {
+	Path      string    `json:"path"`
+	LoadedAt  time.Time `json:"loaded_at"`
+	Reloads   int       `json:"reloads"`
+	LastError string    `json:"last_error,omitempty"` // the last reload's, if it failed
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+// summary is a region's state in one word, worst first: draining (removed
+// by a reload), open or half-open (breaker), down (probes), cooling (told
+// to back off), full (at capacity), degraded (probes), up.
+func (r *regionState) summary(draining bool) string {
+	h := r.health
+	probe, _ := h.Probe()
+	switch br := h.Breaker(); {
+	case draining:
+		return "draining"
+	case br == health.BreakerOpen || br == health.BreakerHalfOpen:
+		return string(br)
+	case probe == health.ProbeDown:
+		return "down"
+	case h.CoolingFor() > 0:
+		return "cooling"
+	case h.Capacity() > 0 && h.InFlight() >= h.Capacity():
+		return "full"
+	case probe == health.ProbeDegraded:
+		return "degraded"
+	}
+	return "up"
+}
+
+func (r *regionState) status(draining bool) regionStatus {
+	h := r.health
+	state, last := h.Probe()
+	st := regionStatus{
+		Name: r.name, Kind: r.kind, URL: r.url, State: r.summary(draining),
+		InRotation: h.InRotation() && !draining, Health: state.String(), Breaker: string(h.Breaker()),
+		CoolingMS: h.CoolingFor().Milliseconds(),
+		InFlight:  h.InFlight(), Capacity: h.Capacity(), Configured: h.Configured(),
+		RegionLoad: h.ReportedActive(), LatencyMS: ms(h.Latency()),
+		Outcomes: map[string]uint64{}, Location: r.cfg.Location,
+	}
+	if !last.At.IsZero() {
+		st.LastProbe = &probeStatus{At: last.At, OK: last.OK, SystemHealth: last.Health, Error: last.Err, LatencyMS: ms(last.Latency)}
+	}
+	for k := health.Success; k <= health.Canceled; k++ {
+		st.Outcomes[k.String()] = h.Count(k)
+	}
+	if r.sim != nil {
+		st.SimMode = string(r.sim.Engine().Mode())
+	}
+	return st
+}
+
+// ready says why the router should get no new traffic, or nil: it is
+// shutting down, or no region can take work.
+func (s *Server) ready() error {
+	if s.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	for _, r := range s.live().regions {
+		if r.health.InRotation() {
+			return nil
+		}
+	}
+	return errors.New("no region can take work")
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := s.ready(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
 func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	live := s.live()
+	s.reloadMu.Lock()
+	cs := configStatus{Path: s.cfg.Path, LoadedAt: live.loadedAt.UTC(), Reloads: s.reloadCount, LastError: s.reloadErr}
+	s.reloadMu.Unlock()
 	out := struct {
-		Regions  []regionStatus `json:"regions"`
-		Failover proxy.Stats    `json:"failover"`
-	}{Failover: s.proxy.Stats()}
-	for _, r := range s.regions {
-		h := r.health
-		state, last := h.Probe()
-		st := regionStatus{
-			Name: r.name, Kind: r.kind, URL: r.url,
-			InRotation: h.InRotation(), Health: state.String(), Breaker: string(h.Breaker()),
-			CoolingMS: h.CoolingFor().Milliseconds(),
-			InFlight:  h.InFlight(), Capacity: h.Capacity(), Configured: h.Configured(),
-			RegionLoad: h.ReportedActive(), LatencyMS: ms(h.Latency()),
-			Outcomes: map[string]uint64{},
+		Ready         bool           `json:"ready"`
+		ReadyError    string         `json:"ready_error,omitempty"`
+		Config        configStatus   `json:"config"`
+		StreamsOpen   int            `json:"streams_open"`
+		WindowSeconds int            `json:"window_seconds"` // of flows
+		Regions       []regionStatus `json:"regions"`
+		Draining      []regionStatus `json:"draining"`
+		Flows         []Flow         `json:"flows"`
+		Failover      proxy.Stats    `json:"failover"`
+	}{
+		Config: cs, StreamsOpen: s.proxy.OpenStreams(), WindowSeconds: int(flowWindow / time.Second),
+		Regions: []regionStatus{}, Draining: []regionStatus{},
+		Flows: s.metrics.flows.recent(time.Now()), Failover: s.proxy.Stats(),
+	}
+	if err := s.ready(); err != nil {
+		out.ReadyError = err.Error()
+	} else {
+		out.Ready = true
+	}
+	for _, r := range live.regions {
+		out.Regions = append(out.Regions, r.status(false))
+	}
+	for _, r := range live.draining {
+		if r.health.InFlight() > 0 {
+			out.Draining = append(out.Draining, r.status(true))
 		}
-		if !last.At.IsZero() {
-			st.LastProbe = &probeStatus{At: last.At, OK: last.OK, SystemHealth: last.Health, Error: last.Err, LatencyMS: ms(last.Latency)}
-		}
-		for k := health.Success; k <= health.Canceled; k++ {
-			st.Outcomes[k.String()] = h.Count(k)
-		}
-		if srv := s.sims[r.name]; srv != nil {
-			st.SimMode = string(srv.Engine().Mode())
-		}
-		out.Regions = append(out.Regions, st)
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(out)
@@ -432,7 +517,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 // serveSimMode switches a simulated region's failure mode:
 // POST /sim/us-east/mode?mode=refuse (ok, refuse, hang, die).
 func (s *Server) serveSimMode(w http.ResponseWriter, r *http.Request) {
-	srv := s.sims[r.PathValue("region")]
+	srv := s.live().sims[r.PathValue("region")]
 	if srv == nil {
 		http.Error(w, "no simulated region of that name", http.StatusNotFound)
 		return

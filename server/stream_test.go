@@ -398,7 +398,7 @@ func TestClientDropAfterCloseStream(t *testing.T) {
 	}
 	waitFor(t, "the stream's access log", func() bool { return len(r.accessLines()) > 0 })
 	fields := r.accessLines()[0].ContextMap()
-	if fields["client_close"] != int32(1006) || fields["region_close"] != int32(1000) || fields["status"] != int64(101) {
+	if fields["client_close"] != int64(1006) || fields["region_close"] != int64(1000) || fields["status"] != int64(101) {
 		t.Errorf("access log = %v", fields)
 	}
 }

@@ -1,9 +1,13 @@
 // Command router is earshot's edge router for the Deepgram API.
 //
-//	router [--config config.yaml] [--listen ADDR] [--admin ADDR] [--check]
+//	router [--config config.yaml] [--listen ADDR] [--admin ADDR] [--watch=true] [--check]
 //
-// It serves until SIGINT or SIGTERM, then stops gracefully. With --check it
-// only validates the config, printing the first error with its line.
+// It serves until SIGINT or SIGTERM, then stops gracefully: in-flight
+// requests finish and open streams are drained within timeouts.shutdown.
+// On SIGHUP, and when the config file changes (unless --watch=false), it
+// reloads the config; a bad one is logged and the old one kept. With
+// --check it only validates the config, printing the first error with its
+// line.
 package main
 
 import (
@@ -14,7 +18,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -39,6 +45,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	check := fs.Bool("check", false, "validate the configuration and exit")
 	listen := fs.String("listen", "", "API listen address (overrides the file's listen)")
 	admin := fs.String("admin", "", "admin listen address (overrides the file's admin)")
+	watch := fs.Bool("watch", true, "reload the config when its file changes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,6 +85,33 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer srv.Close()
+
+	// Reloads: on SIGHUP, and on changes to the file.
+	rctx, stopReload := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stopReload()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	wg.Go(func() {
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP: reloading the config")
+				_ = srv.ReloadFile() // a failure is logged; the old config stays
+			}
+		}
+	})
+	if *watch {
+		wg.Go(func() {
+			if err := srv.WatchConfig(rctx, 250*time.Millisecond); err != nil {
+				log.Error("cannot watch the config file; reload it with SIGHUP", zap.Error(err))
+			}
+		})
+	}
 	return srv.Run(ctx)
 }
 

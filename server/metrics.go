@@ -1,0 +1,295 @@
+package server
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/earshot/earshot/health"
+	"github.com/earshot/earshot/proxy"
+	"github.com/earshot/earshot/routing"
+)
+
+// metrics is the router's Prometheus instrumentation. Counters and
+// histograms are fed by Observe, once per request or stream as it ends;
+// the regions' state (load, capacity, breaker, health) is read when
+// Prometheus scrapes, from the health package, so nothing is counted twice.
+// Labels are bounded: paths are the API's (or "other"), regions the
+// configured ones, statuses HTTP codes, close codes the standard ones (or
+// "other"); never a client address or key.
+type metrics struct {
+	reg *prometheus.Registry
+
+	requests, streams *prometheus.CounterVec
+	closes            *prometheus.CounterVec
+	duration, ttfb    *prometheus.HistogramVec
+	handshake, length *prometheus.HistogramVec
+	bytes             *prometheus.CounterVec
+	geo               *prometheus.CounterVec
+	reloads           *prometheus.CounterVec
+	reloadTime        prometheus.Gauge
+
+	flows flows
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	labels := []string{"path", "region", "status", "reason"}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "earshot_requests_total",
+		Help: "HTTP requests finished, by API path, serving region, status and route reason."}, labels)
+	m.streams = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "earshot_streams_total",
+		Help: "WebSocket streams finished, by API path, serving region, handshake status (101: relayed) and route reason."}, labels)
+	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "earshot_stream_closes_total",
+		Help: "Close codes sent on relayed streams, by the side that sent them (client or region)."}, []string{"region", "side", "code"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "earshot_request_duration_seconds",
+		Help:    "HTTP requests from arrival to the last byte of the answer.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}}, []string{"path", "region"})
+	m.ttfb = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "earshot_time_to_first_byte_seconds",
+		Help:    "HTTP requests from arrival to the region's response headers, retries included.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"path", "region"})
+	m.handshake = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "earshot_stream_handshake_seconds",
+		Help:    "WebSocket streams from arrival to the completed handshake with both sides.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}}, []string{"path", "region"})
+	m.length = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "earshot_stream_duration_seconds",
+		Help:    "Relayed WebSocket streams from handshake to close.",
+		Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200}}, []string{"path", "region"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "earshot_relayed_bytes_total",
+		Help: "Bytes relayed: in from clients, out to clients (bodies and stream messages)."}, []string{"region", "direction"})
+	m.geo = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "earshot_geolocation_total",
+		Help: "Requests and streams by how the client was located (cloudflare, cloudfront, vercel, geoip, none)."}, []string{"source"})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "earshot_config_reloads_total",
+		Help: "Configuration reloads, by result (success, failure)."}, []string{"result"})
+	m.reloadTime = prometheus.NewGauge(prometheus.GaugeOpts{Name: "earshot_config_last_reload_success_timestamp_seconds",
+		Help: "When the configuration in use was loaded."})
+	m.reloadTime.SetToCurrentTime()
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	m.reg.MustRegister(m.requests, m.streams, m.closes, m.duration, m.ttfb, m.handshake, m.length,
+		m.bytes, m.geo, m.reloads, m.reloadTime, &stateCollector{s},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Observe implements proxy.Observer.
+func (m *metrics) Observe(r proxy.Record) {
+	region := r.Region
+	if region == "" {
+		region = "none"
+	}
+	status := strconv.Itoa(r.Status)
+	m.geo.WithLabelValues(r.Geo.String()).Inc()
+	if r.Stream {
+		m.streams.WithLabelValues(r.Path, region, status, string(r.Reason)).Inc()
+		if r.Status == 101 {
+			m.handshake.WithLabelValues(r.Path, region).Observe(r.FirstByte.Seconds())
+			m.length.WithLabelValues(r.Path, region).Observe((r.Duration - r.FirstByte).Seconds())
+			if r.ClientClose != 0 {
+				m.closes.WithLabelValues(region, "client", closeCode(r.ClientClose)).Inc()
+			}
+			if r.RegionClose != 0 {
+				m.closes.WithLabelValues(region, "region", closeCode(r.RegionClose)).Inc()
+			}
+		}
+	} else {
+		m.requests.WithLabelValues(r.Path, region, status, string(r.Reason)).Inc()
+		m.duration.WithLabelValues(r.Path, region).Observe(r.Duration.Seconds())
+		if r.FirstByte > 0 {
+			m.ttfb.WithLabelValues(r.Path, region).Observe(r.FirstByte.Seconds())
+		}
+	}
+	if r.Region != "" {
+		m.bytes.WithLabelValues(region, "in").Add(float64(r.BytesIn))
+		m.bytes.WithLabelValues(region, "out").Add(float64(r.BytesOut))
+		m.flows.add(time.Now(), r.Country, r.Region, r.Stream)
+	}
+}
+
+// closeCode is a close code as a label: the standard codes, Deepgram's
+// 1008/1011 among them, or "other" for the application range.
+func closeCode(c int) string {
+	if c >= 1000 && c <= 1015 {
+		return strconv.Itoa(c)
+	}
+	return "other"
+}
+
+// stateCollector reports the regions' state at scrape time.
+type stateCollector struct{ s *Server }
+
+var (
+	descInFlight = prometheus.NewDesc("earshot_region_in_flight",
+		"Requests and streams a region is serving through this router now.", []string{"region"}, nil)
+	descCapacity = prometheus.NewDesc("earshot_region_capacity",
+		"A region's capacity as the router sees it now (learned from 429/503, at most the configured one; 0: unlimited).", []string{"region"}, nil)
+	descConfigured = prometheus.NewDesc("earshot_region_configured_capacity",
+		"A region's configured capacity (0: unlimited).", []string{"region"}, nil)
+	descInRotation = prometheus.NewDesc("earshot_region_in_rotation",
+		"1 when a region can be given new work (breaker not open, not cooling, health not down).", []string{"region"}, nil)
+	descHealth = prometheus.NewDesc("earshot_region_health",
+		"A region's active health-check state: 1 for the current one of up, degraded, down.", []string{"region", "state"}, nil)
+	descBreaker = prometheus.NewDesc("earshot_region_breaker",
+		"A region's circuit breaker: 1 for the current one of closed, half-open, open.", []string{"region", "state"}, nil)
+	descLatency = prometheus.NewDesc("earshot_region_latency_seconds",
+		"A region's moving-average response latency.", []string{"region"}, nil)
+	descOutcomes = prometheus.NewDesc("earshot_region_outcomes_total",
+		"Attempts sent to a region, by what they said of its health (success, full, failure, canceled).", []string{"region", "outcome"}, nil)
+	descRetries = prometheus.NewDesc("earshot_retries_total",
+		"Attempts after the first: sent to another region after a failure or a full answer.", nil, nil)
+	descFailovers = prometheus.NewDesc("earshot_failovers_total",
+		"Requests and streams served by a region after a better one failed.", nil, nil)
+	descSpillovers = prometheus.NewDesc("earshot_spillovers_total",
+		"Requests and streams served by a region after a better one was full.", nil, nil)
+	descHedges = prometheus.NewDesc("earshot_hedged_handshakes_total",
+		"Stream handshakes sent to a second region while the first was slow to answer.", nil, nil)
+	descBudget = prometheus.NewDesc("earshot_retry_budget_exhausted_total",
+		"Retries not made because the retry budget was spent.", nil, nil)
+	descStreams = prometheus.NewDesc("earshot_streams_open",
+		"WebSocket streams being relayed now.", nil, nil)
+	descReady = prometheus.NewDesc("earshot_ready",
+		"1 when the router is ready (config loaded, a region able to serve, not draining).", nil, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descInFlight, descCapacity, descConfigured, descInRotation, descHealth,
+		descBreaker, descLatency, descOutcomes, descRetries, descFailovers, descSpillovers, descHedges, descBudget,
+		descStreams, descReady} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for _, r := range c.s.live().regions {
+		h := r.health
+		gauge(descInFlight, float64(h.InFlight()), r.name)
+		gauge(descCapacity, float64(h.Capacity()), r.name)
+		gauge(descConfigured, float64(h.Configured()), r.name)
+		gauge(descInRotation, b2f(h.InRotation()), r.name)
+		probe, _ := h.Probe()
+		for _, st := range []health.ProbeState{health.ProbeUp, health.ProbeDegraded, health.ProbeDown} {
+			gauge(descHealth, b2f(probe == st), r.name, st.String())
+		}
+		br := h.Breaker()
+		for _, st := range []health.BreakerState{health.BreakerClosed, health.BreakerHalfOpen, health.BreakerOpen} {
+			gauge(descBreaker, b2f(br == st), r.name, string(st))
+		}
+		gauge(descLatency, h.Latency().Seconds(), r.name)
+		for k := health.Success; k <= health.Canceled; k++ {
+			counter(descOutcomes, h.Count(k), r.name, k.String())
+		}
+	}
+	st := c.s.proxy.Stats()
+	counter(descRetries, st.Retries)
+	counter(descFailovers, st.Failovers)
+	counter(descSpillovers, st.Spillovers)
+	counter(descHedges, st.Hedges)
+	counter(descBudget, st.BudgetDenied)
+	gauge(descStreams, float64(c.s.proxy.OpenStreams()))
+	gauge(descReady, b2f(c.s.ready() == nil))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// flows counts where traffic went from where over the last flowWindow, in
+// flowSlots slots, for the status page: recent routing decisions by country.
+type flows struct {
+	mu    sync.Mutex
+	slots [flowSlots]flowSlot
+}
+
+const (
+	flowSlots      = 10
+	flowSlotLength = 30 * time.Second
+	flowWindow     = flowSlots * flowSlotLength
+)
+
+type flowKey struct{ country, region string }
+
+type flowCount struct{ requests, streams int }
+
+type flowSlot struct {
+	n      int64 // the slot's number since the epoch; its counts are stale when not now's
+	counts map[flowKey]flowCount
+}
+
+func (f *flows) add(now time.Time, country, region string, stream bool) {
+	if country == "" {
+		country = "??"
+	}
+	n := now.UnixNano() / int64(flowSlotLength)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := &f.slots[n%flowSlots]
+	if s.n != n || s.counts == nil {
+		s.n, s.counts = n, make(map[flowKey]flowCount)
+	}
+	c := s.counts[flowKey{country, region}]
+	if stream {
+		c.streams++
+	} else {
+		c.requests++
+	}
+	s.counts[flowKey{country, region}] = c
+}
+
+// Flow is the traffic from one country to one region over the window.
+type Flow struct {
+	Country  string  `json:"country"` // "??" when unknown
+	Lat      float64 `json:"lat"`
+	Lon      float64 `json:"lon"`
+	Located  bool    `json:"located"` // Lat and Lon hold the country's middle
+	Region   string  `json:"region"`
+	Requests int     `json:"requests"`
+	Streams  int     `json:"streams"`
+}
+
+// recent sums the window's slots, busiest flow first.
+func (f *flows) recent(now time.Time) []Flow {
+	n := now.UnixNano() / int64(flowSlotLength)
+	sum := map[flowKey]flowCount{}
+	f.mu.Lock()
+	for i := range f.slots {
+		s := &f.slots[i]
+		if s.counts == nil || n-s.n >= flowSlots {
+			continue
+		}
+		for k, c := range s.counts {
+			t := sum[k]
+			t.requests += c.requests
+			t.streams += c.streams
+			sum[k] = t
+		}
+	}
+	f.mu.Unlock()
+	out := make([]Flow, 0, len(sum))
+	for k, c := range sum {
+		fl := Flow{Country: k.country, Region: k.region, Requests: c.requests, Streams: c.streams}
+		fl.Lat, fl.Lon, fl.Located = routing.CountryLocation(k.country)
+		out = append(out, fl)
+	}
+	slices.SortFunc(out, func(a, b Flow) int {
+		if d := (b.Requests + b.Streams) - (a.Requests + a.Streams); d != 0 {
+			return d
+		}
+		if a.Country != b.Country {
+			return strings.Compare(a.Country, b.Country)
+		}
+		return strings.Compare(a.Region, b.Region)
+	})
+	return out
+}
