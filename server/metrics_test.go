@@ -101,7 +101,7 @@ func TestMetrics(t *testing.T) {
 		`earshot_region_breaker{region="us-east",state="closed"}`:                                  1,
 		`earshot_region_breaker{region="us-east",state="open"}`:                                    0,
 		`earshot_region_in_rotation{region="eu-west"}`:                                             1,
-		`earshot_ready`:                                                                            1,
+		`earshot_ready`: 1,
 	} {
 		if got := r.metric(t, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
