@@ -10,9 +10,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 )
 
@@ -60,17 +62,16 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-// TestRunDefaultConfig runs the README's quick start (the default config.yaml,
-// with the listen addresses overridden to free ports) and makes one request.
-func TestRunDefaultConfig(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+// start runs the router with args (listen addresses overridden to free
+// ports) and returns its API and admin addresses and its exit.
+func start(t *testing.T, ctx context.Context, args ...string) (api, admin string, done <-chan error) {
+	t.Helper()
 	pr, pw := io.Pipe()
-	done := make(chan error, 1)
+	exit := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--config", "../../config.yaml", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, pw)
+		exit <- run(ctx, append(args, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"), pw)
 		pw.Close()
 	}()
-
 	// The "serving" log line names the bound addresses.
 	addrs := make(chan []string, 1)
 	go func() {
@@ -84,34 +85,19 @@ func TestRunDefaultConfig(t *testing.T) {
 			}
 		}
 	}()
-	var a []string
 	select {
-	case a = <-addrs:
-	case err := <-done:
+	case a := <-addrs:
+		return a[0], a[1], exit
+	case err := <-exit:
 		t.Fatalf("router exited: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("router did not start")
 	}
+	panic("unreachable")
+}
 
-	resp, err := http.Get("http://" + a[0] + "/v1/models")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Header.Get("X-Earshot-Region") != "us-east" {
-		t.Errorf("GET /v1/models = %d from %q", resp.StatusCode, resp.Header.Get("X-Earshot-Region"))
-	}
-	resp, err = http.Get("http://" + a[1] + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !bytes.Contains(body, []byte(`"name": "ap-south"`)) {
-		t.Errorf("admin /status = %s", body)
-	}
-
-	cancel()
+func waitExit(t *testing.T, done <-chan error) {
+	t.Helper()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -120,4 +106,82 @@ func TestRunDefaultConfig(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("router did not stop")
 	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return string(body)
+}
+
+// TestRunDefaultConfig runs the README's quick start (the default config.yaml,
+// with the listen addresses overridden to free ports) and makes one request.
+func TestRunDefaultConfig(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	api, admin, done := start(t, ctx, "--config", "../../config.yaml")
+	resp, err := http.Get("http://" + api + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Earshot-Region") != "us-east" {
+		t.Errorf("GET /v1/models = %d from %q", resp.StatusCode, resp.Header.Get("X-Earshot-Region"))
+	}
+	if body := get(t, "http://"+admin+"/status"); !strings.Contains(body, `"name": "ap-south"`) {
+		t.Errorf("admin /status = %s", body)
+	}
+	cancel()
+	waitExit(t, done)
+}
+
+// TestSignals sends the router process SIGHUP after editing its config,
+// then SIGTERM with a stream open: the reload takes, and the stream is
+// closed with 1001 before the router exits cleanly.
+func TestSignals(t *testing.T) {
+	text, err := os.ReadFile("../../config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, string(text))
+	api, admin, done := start(t, context.Background(), "--config", path, "--watch=false")
+
+	edited := strings.Replace(string(text), "name: ap-south", "name: ap-southeast", 1)
+	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(get(t, "http://"+admin+"/status"), `"name": "ap-southeast"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP did not reload the config")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+api+"/v1/listen", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err = c.ReadMessage(); err != nil {
+			break
+		}
+	}
+	if !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		t.Errorf("stream at SIGTERM ended with %v, want close 1001", err)
+	}
+	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, ""), time.Now().Add(time.Second))
+	waitExit(t, done)
 }
