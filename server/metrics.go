@@ -81,7 +81,7 @@ func (m *metrics) Observe(r proxy.Record) {
 	if region == "" {
 		region = "none"
 	}
-	status := strconv.Itoa(r.Status)
+	status := statusLabel(r.Status)
 	m.geo.WithLabelValues(r.Geo.String()).Inc()
 	if r.Stream {
 		m.streams.WithLabelValues(r.Path, region, status, string(r.Reason)).Inc()
@@ -107,6 +107,21 @@ func (m *metrics) Observe(r proxy.Record) {
 		m.bytes.WithLabelValues(region, "out").Add(float64(r.BytesOut))
 		m.flows.add(time.Now(), r.Country, r.Region, r.Stream)
 	}
+}
+
+// statusLabels are the HTTP statuses as label values, made once.
+var statusLabels = func() (l [600]string) {
+	for i := range l {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func statusLabel(s int) string {
+	if s >= 0 && s < len(statusLabels) {
+		return statusLabels[s]
+	}
+	return strconv.Itoa(s)
 }
 
 // closeCode is a close code as a label: the standard codes, Deepgram's
