@@ -167,6 +167,17 @@ func (h *Handler) OpenStreams() int {
 	return len(h.streams)
 }
 
+// OpenStreamsByRegion counts the streams being relayed now by region.
+func (h *Handler) OpenStreamsByRegion() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := make(map[string]int)
+	for st := range h.streams {
+		n[st.regionName]++
+	}
+	return n
+}
+
 // track registers an open stream for Shutdown. It reports false, tracking
 // nothing, once Shutdown has begun.
 func (h *Handler) track(st *stream) bool {

@@ -140,6 +140,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.firstByte = time.Since(x.start)
 
 	st := newStream(clientConn, upConn, s.h.opts, r.URL.Path)
+	st.regionName = up.Name
 	if s.h.track(st) {
 		st.run()
 		s.h.untrack(st)
@@ -425,6 +426,7 @@ type stream struct {
 	idled     atomic.Bool // closed for idleness
 
 	kind        string     // the API path, which says how the stream can be drained
+	regionName  string
 	regionWrite sync.Mutex // serialises data messages to the region (pump and drain)
 	draining    bool       // under regionWrite: Finalize and CloseStream have been sent
 	drained     atomic.Bool

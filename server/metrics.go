@@ -139,6 +139,8 @@ type stateCollector struct{ s *Server }
 var (
 	descInFlight = prometheus.NewDesc("earshot_region_in_flight",
 		"Requests and streams a region is serving through this router now.", []string{"region"}, nil)
+	descRegionStreams = prometheus.NewDesc("earshot_region_streams_open",
+		"Streams a region is serving through this router now (part of earshot_region_in_flight).", []string{"region"}, nil)
 	descCapacity = prometheus.NewDesc("earshot_region_capacity",
 		"A region's capacity as the router sees it now (learned from 429/503, at most the configured one; 0: unlimited).", []string{"region"}, nil)
 	descConfigured = prometheus.NewDesc("earshot_region_configured_capacity",
@@ -170,7 +172,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descCapacity, descConfigured, descInRotation, descHealth,
+	for _, d := range []*prometheus.Desc{descInFlight, descRegionStreams, descCapacity, descConfigured, descInRotation, descHealth,
 		descBreaker, descLatency, descOutcomes, descRetries, descFailovers, descSpillovers, descHedges, descBudget,
 		descStreams, descReady} {
 		ch <- d
@@ -184,9 +186,17 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	for _, r := range c.s.live().regions {
+	streams := c.s.proxy.OpenStreamsByRegion()
+	live := c.s.live()
+	seen := map[string]bool{}
+	for _, r := range slices.Concat(live.regions, live.draining) {
+		if seen[r.name] {
+			continue // replaced by a reload and draining: one series per name, the live region's
+		}
+		seen[r.name] = true
 		h := r.health
 		gauge(descInFlight, float64(h.InFlight()), r.name)
+		gauge(descRegionStreams, float64(streams[r.name]), r.name)
 		gauge(descCapacity, float64(h.Capacity()), r.name)
 		gauge(descConfigured, float64(h.Configured()), r.name)
 		gauge(descInRotation, b2f(h.InRotation()), r.name)

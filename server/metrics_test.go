@@ -76,11 +76,12 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	// The router counts the stream once the handshake is done on its side.
+	waitFor(t, "the stream to be counted open", func() bool {
+		return r.metric(t, `earshot_streams_open`) == 1 && r.metric(t, `earshot_region_streams_open{region="us-east"}`) == 1
+	})
 	if v := r.metric(t, `earshot_region_in_flight{region="us-east"}`); v != 1 {
 		t.Errorf("in flight on us-east during a stream = %v, want 1", v)
-	}
-	if v := r.metric(t, `earshot_streams_open`); v != 1 {
-		t.Errorf("streams open = %v, want 1", v)
 	}
 	sendAudio(t, c, sim.Synthesize(testWords, 16000, 2.0), 3200)
 	_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type":"CloseStream"}`))
