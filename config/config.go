@@ -127,8 +127,8 @@ type Region struct {
 
 // Location is a point on Earth in decimal degrees.
 type Location struct {
-	Lat float64 `yaml:"lat"`
-	Lon float64 `yaml:"lon"`
+	Lat float64 `yaml:"lat" json:"lat"`
+	Lon float64 `yaml:"lon" json:"lon"`
 }
 
 // Sim configures a simulated engine.

@@ -425,7 +425,7 @@ type stream struct {
 	idleTimer *time.Timer
 	idled     atomic.Bool // closed for idleness
 
-	kind        string     // the API path, which says how the stream can be drained
+	kind        string // the API path, which says how the stream can be drained
 	regionName  string
 	regionWrite sync.Mutex // serialises data messages to the region (pump and drain)
 	draining    bool       // under regionWrite: Finalize and CloseStream have been sent

@@ -108,12 +108,13 @@ func (rememberLogs) Sync() error { return nil }
 
 // router is a running router on loopback ports, for end-to-end tests.
 type router struct {
-	t     *testing.T
-	srv   *Server
-	api   string // "127.0.0.1:PORT"
-	admin string
-	logs  *observer.ObservedLogs
-	stop  func() // shuts the router down as SIGTERM does, and waits
+	t          *testing.T
+	srv        *Server
+	api        string // "127.0.0.1:PORT"
+	admin      string
+	logs       *observer.ObservedLogs
+	adminToken string // sent by status, when set
+	stop       func() // shuts the router down as SIGTERM does, and waits
 }
 
 // startRouter runs a router built from the YAML config text until the test

@@ -138,13 +138,7 @@ func TestMetrics(t *testing.T) {
 func TestStatusFlows(t *testing.T) {
 	r := startRouter(t, withRouting(simRegions(""), "edge_headers: [cloudflare], trusted_proxies: [127.0.0.1/32]"))
 	for _, country := range []string{"DE", "DE", "US", "IE"} {
-		req, _ := http.NewRequest("GET", r.url("/v1/models"), nil)
-		req.Header.Set("CF-IPCountry", country)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
+		r.modelsFrom(t, country)
 	}
 	var got []string
 	for _, f := range r.status(t).Flows {
@@ -153,6 +147,22 @@ func TestStatusFlows(t *testing.T) {
 	want := "DE>eu-west:2 located=true IE>eu-west:1 located=true US>us-east:1 located=true"
 	if strings.Join(got, " ") != want {
 		t.Errorf("flows = %q, want %q", strings.Join(got, " "), want)
+	}
+}
+
+// modelsFrom asks for /v1/models as a client in country, told by a trusted
+// Cloudflare edge, and expects 200.
+func (r *router) modelsFrom(t *testing.T, country string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", r.url("/v1/models"), nil)
+	req.Header.Set("CF-IPCountry", country)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /v1/models from %s = %d", country, resp.StatusCode)
 	}
 }
 

@@ -40,7 +40,11 @@ type statusDoc struct {
 
 func (r *router) status(t *testing.T) statusDoc {
 	t.Helper()
-	resp, err := http.Get("http://" + r.admin + "/status")
+	req, _ := http.NewRequest("GET", "http://"+r.admin+"/status", nil)
+	if r.adminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+r.adminToken)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

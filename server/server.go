@@ -348,12 +348,15 @@ func (s *Server) adminHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
 		ErrorLog: zap.NewStdLog(s.log.Named("metrics")), EnableOpenMetrics: true}))
 	mux.HandleFunc("POST /sim/{region}/mode", s.serveSimMode)
+	mux.HandleFunc("GET /{$}", serveStatusPage)
+	mux.HandleFunc("GET /assets/{file}", serveStatusPage)
 	if s.cfg.AdminToken == nil {
 		return mux
 	}
 	want := sha256.Sum256([]byte(s.cfg.AdminToken.Value()))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" { // probes carry no token
+		// Probes carry no token; the status page's files hold no data.
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !isStatusPage(r.URL.Path) {
 			scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 			got := sha256.Sum256([]byte(token))
 			if !strings.EqualFold(scheme, "bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {

@@ -1,0 +1,147 @@
+// The status page: polls /status every two seconds and draws it. Plain DOM
+// calls and textContent only, so nothing from /status is ever parsed as HTML.
+"use strict";
+
+const svgNS = "http://www.w3.org/2000/svg";
+const every = 2000;
+// An admin token travels in the fragment (…/#token=T), which browsers never
+// send to the server, and goes out only as an Authorization header.
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+
+function el(tag, attrs, ...children) {
+  const e = tag.startsWith("svg:") ? document.createElementNS(svgNS, tag.slice(4)) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+// Equirectangular, as the map is drawn.
+const x = lon => lon + 180;
+const y = lat => 90 - lat;
+
+function ago(when) {
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(when)) / 1000));
+  return s < 90 ? s + "s ago" : Math.round(s / 60) + "m ago";
+}
+
+function banner(msg) {
+  const b = document.getElementById("banner");
+  b.hidden = !msg;
+  b.textContent = msg || "";
+}
+
+function renderRegions(regions) {
+  const g = document.getElementById("regions");
+  const tbody = document.querySelector("#regions-table tbody");
+  g.replaceChildren();
+  tbody.replaceChildren();
+  for (const r of regions) {
+    const cx = x(r.location.lon), cy = y(r.location.lat);
+    const load = r.capacity > 0 ? r.in_flight / r.capacity : 0;
+    const tip = `${r.name}: ${r.state}, ${r.in_flight}` + (r.capacity > 0 ? ` of ${r.capacity}` : "") + " in flight";
+    g.append(el("svg:g", { "data-region": r.name, "data-state": r.state, class: "state-" + r.state },
+      el("svg:title", { text: tip }),
+      el("svg:circle", { class: "halo", cx, cy, r: 4 + 6 * Math.min(load, 1) }),
+      el("svg:circle", { class: "core", cx, cy, r: 2.4 }),
+      el("svg:text", { x: cx + 3.5, y: cy - 2.5, text: r.name })));
+
+    const meter = el("span", { class: "meter" + (load >= 1 ? " over" : load >= 0.8 ? " busy" : "") }, el("span"));
+    meter.firstChild.style.width = Math.min(100, load * 100).toFixed(1) + "%";
+    const loadText = r.capacity > 0 ? `${r.in_flight} / ${r.capacity}` : `${r.in_flight} / unlimited`;
+    const capNote = r.capacity !== r.configured_capacity ? ` (configured ${r.configured_capacity})` : "";
+    let probe = "not yet";
+    if (r.last_probe) {
+      probe = (r.last_probe.ok ? r.health : (r.last_probe.error || r.health)) + ", " + ago(r.last_probe.at);
+    }
+    const breaker = r.breaker + (r.cooling_ms > 0 ? `, cooling ${(r.cooling_ms / 1000).toFixed(1)}s` : "");
+    const outcomes = Object.entries(r.outcomes).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none yet";
+    tbody.append(el("tr", { "data-region": r.name, "data-state": r.state },
+      el("td", { text: r.name }),
+      el("td", {}, el("span", { class: "state state-" + r.state, text: r.state })),
+      el("td", {}, meter, el("span", { class: "load-text", text: loadText + capNote })),
+      el("td", { class: "num", text: r.latency_ms.toFixed(1) + " ms" }),
+      el("td", { class: r.last_probe && !r.last_probe.ok ? "error" : "", text: probe }),
+      el("td", { text: breaker }),
+      el("td", { text: outcomes })));
+  }
+}
+
+function renderFlows(flows, regions, windowSeconds) {
+  const where = new Map(regions.map(r => [r.name, r.location]));
+  const g = document.getElementById("flows");
+  g.replaceChildren();
+  const busiest = Math.max(1, ...flows.map(f => f.requests + f.streams));
+  for (const f of flows) {
+    const to = where.get(f.region);
+    if (!f.located || !to) continue;
+    const x1 = x(f.lon), y1 = y(f.lat), x2 = x(to.lon), y2 = y(to.lat);
+    // A curve bowed away from the equator, so flows are told apart from coasts.
+    const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - Math.hypot(x2 - x1, y2 - y1) * 0.2;
+    const n = f.requests + f.streams;
+    const tip = `${f.country} → ${f.region}: ${f.requests} requests, ${f.streams} streams`;
+    g.append(el("svg:g", { "data-from": f.country, "data-to": f.region },
+      el("svg:title", { text: tip }),
+      el("svg:path", { d: `M${x1},${y1} Q${mx},${my} ${x2},${y2}`, "stroke-width": (0.5 + 2.5 * Math.sqrt(n / busiest)).toFixed(2) }),
+      el("svg:circle", { cx: x1, cy: y1, r: 1.2 })));
+  }
+  document.getElementById("window").textContent = `last ${windowSeconds}s`;
+  const tbody = document.querySelector("#flows-table tbody");
+  tbody.replaceChildren();
+  if (flows.length === 0) {
+    tbody.append(el("tr", {}, el("td", { colspan: 4, text: "no traffic in the window" })));
+  }
+  for (const f of flows.slice(0, 25)) {
+    tbody.append(el("tr", {},
+      el("td", { text: f.country === "??" ? "unknown" : f.country }),
+      el("td", { text: f.region }),
+      el("td", { class: "num", text: f.requests }),
+      el("td", { class: "num", text: f.streams })));
+  }
+}
+
+function renderList(id, pairs) {
+  const dl = document.getElementById(id);
+  dl.replaceChildren();
+  for (const [k, v, cls] of pairs) {
+    dl.append(el("dt", { text: k }), el("dd", { text: v, class: cls || "" }));
+  }
+}
+
+function render(st) {
+  const ready = document.getElementById("ready");
+  ready.dataset.ready = String(st.ready);
+  ready.textContent = st.ready ? "ready" : "not ready: " + st.ready_error;
+  document.getElementById("summary").textContent =
+    `${st.streams_open} streams open · ${st.regions.filter(r => r.in_rotation).length} of ${st.regions.length} regions in rotation`;
+  const all = st.regions.concat(st.draining);
+  renderRegions(all);
+  renderFlows(st.flows, all, st.window_seconds);
+  const fo = st.failover;
+  renderList("failover", [
+    ["retries", fo.retries], ["failovers", fo.failovers], ["spillovers", fo.spillovers],
+    ["hedged handshakes", fo.hedges], ["retries over budget", fo.budget_denied]]);
+  const cfg = [["file", st.config.path], ["loaded", new Date(st.config.loaded_at).toLocaleString()], ["reloads", st.config.reloads]];
+  if (st.config.last_error) cfg.push(["last reload failed", st.config.last_error, "error"]);
+  renderList("config", cfg);
+}
+
+async function refresh() {
+  try {
+    const resp = await fetch("status", { cache: "no-store", headers: token ? { Authorization: "Bearer " + token } : {} });
+    if (resp.status === 401) {
+      throw new Error("The admin endpoints need a token: open this page as …/#token=<admin_token>.");
+    }
+    if (!resp.ok) throw new Error(`/status answered ${resp.status}.`);
+    render(await resp.json());
+    banner(null);
+  } catch (e) {
+    banner(e instanceof TypeError ? "The router cannot be reached; retrying." : e.message);
+  } finally {
+    setTimeout(refresh, every);
+  }
+}
+
+refresh();
