@@ -5,8 +5,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -119,4 +121,56 @@ func BenchmarkStreamRelay(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkStreamsHeld is what an open, idle stream costs: it opens b.N
+// streams (run it with -benchtime=1000x) and reports the memory (heap and
+// goroutine stacks) and goroutines they hold, client, router and region
+// sides together. The router's own cost per stream is router minus direct.
+func BenchmarkStreamsHeld(b *testing.B) {
+	region := echoRegion()
+	defer region.Close()
+	_, router := newTestProxy(b, region.URL, 0)
+	for _, target := range []struct{ name, url string }{{"direct", region.URL}, {"router", router.URL}} {
+		b.Run(target.name, func(b *testing.B) {
+			before, routines := heldMemory(), runtime.NumGoroutine()
+			conns := make([]*websocket.Conn, 0, b.N)
+			for b.Loop() {
+				c, _, err := websocket.DefaultDialer.Dial(strings.Replace(target.url, "http", "ws", 1)+"/v1/listen", nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns = append(conns, c)
+			}
+			b.StopTimer()
+			// One round trip on each, so that every side has read and
+			// written once, as a live stream has.
+			for _, c := range conns {
+				if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"KeepAlive"}`)); err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := c.ReadMessage(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			n := float64(len(conns))
+			b.ReportMetric(float64(heldMemory()-before)/n, "held-B/stream")
+			b.ReportMetric(float64(runtime.NumGoroutine()-routines)/n, "goroutines/stream")
+			for _, c := range conns {
+				c.Close()
+			}
+			// Let every side see the closes before the next measurement.
+			for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > routines && time.Now().Before(deadline); {
+				runtime.Gosched()
+			}
+		})
+	}
+}
+
+// heldMemory is the heap and stack memory in use after a collection.
+func heldMemory() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse + m.StackInuse)
 }
