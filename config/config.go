@@ -45,12 +45,23 @@ type Config struct {
 	// Regions are the upstream deployments, in order of preference until
 	// geographic routing ranks them.
 	Regions []Region `yaml:"regions"`
+	// RegionsFile, if set, is the file `deployer apply` writes: deployed
+	// URLs and capacities laid over Regions by name (see RegionsFile).
+	// Relative to the config file's directory. Until it exists, the
+	// URLs in Regions are used.
+	RegionsFile string `yaml:"regions_file"`
+
+	// Deploy configures the deployer (cmd/deployer); the router ignores it.
+	Deploy *Deploy `yaml:"deploy"`
 
 	// Path is the file the config was loaded from, for error messages.
 	Path string `yaml:"-"`
 
 	root   *yaml.Node // the parsed document, to find a field's line
 	source []byte     // the text it was parsed from
+
+	regionsSource  []byte // the regions file's text
+	regionsMissing bool   // RegionsFile is set but does not exist
 }
 
 // Log configures the zap logger.
@@ -251,6 +262,9 @@ func (c *Config) Validate() error {
 	if err := c.validateRouting(); err != nil {
 		return err
 	}
+	if err := c.validateDeploy(); err != nil {
+		return err
+	}
 	return c.validateAuth()
 }
 
@@ -284,10 +298,14 @@ func Load(path string) (*Config, error) {
 // Source returns the text the config was parsed from.
 func (c *Config) Source() []byte { return c.source }
 
-// Parse decodes, defaults and validates data; path is used in messages.
+// Parse decodes, defaults and validates data; path is used in messages and
+// to find regions_file.
 func Parse(path string, data []byte) (*Config, error) {
 	c, err := decode(path, data)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.overlayRegions(); err != nil {
 		return nil, err
 	}
 	c.ApplyDefaults()

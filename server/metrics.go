@@ -34,7 +34,8 @@ type metrics struct {
 	reloads           *prometheus.CounterVec
 	reloadTime        prometheus.Gauge
 
-	flows flows
+	flows  flows
+	demand demand
 }
 
 func newMetrics(s *Server) *metrics {

@@ -255,8 +255,24 @@ func (s *Server) reloadData(data []byte) error {
 	if err := s.Reload(cfg); err != nil {
 		return err
 	}
-	s.lastData.Store(&data)
+	s.loaded(cfg)
 	return nil
+}
+
+// loaded records what cfg was read from (the config file and the regions
+// file), for WatchConfig to compare with what is on disk.
+func (s *Server) loaded(cfg *config.Config) {
+	in := inputs(cfg.Source(), cfg.RegionsSource())
+	s.lastData.Store(&in)
+	if cfg.RegionsFileMissing() {
+		s.log.Warn("regions_file does not exist yet: using the URLs in the config until `deployer apply` writes it",
+			zap.String("regions_file", cfg.RegionsFilePath()))
+	}
+}
+
+// inputs is the content a config was loaded from, as one value to compare.
+func inputs(cfgData, regionsData []byte) []byte {
+	return slices.Concat(cfgData, []byte{0}, regionsData)
 }
 
 // failed records a reload that did not happen, and returns err.
@@ -288,17 +304,32 @@ func (s *Server) WatchConfig(ctx context.Context, settle time.Duration) error {
 		return err
 	}
 	defer w.Close()
-	if err := w.Add(filepath.Dir(path)); err != nil {
-		return fmt.Errorf("watch %s: %w", filepath.Dir(path), err)
+	watched := map[string]bool{}
+	watch := func(file string) error {
+		dir := filepath.Dir(file)
+		if file == "" || watched[dir] {
+			return nil
+		}
+		if err := w.Add(dir); err != nil {
+			return fmt.Errorf("watch %s: %w", dir, err)
+		}
+		watched[dir] = true
+		return nil
+	}
+	if err := watch(path); err != nil {
+		return err
 	}
 	if s.lastData.Load() == nil {
-		data := s.cfg.Source()
-		s.lastData.Store(&data)
+		s.loaded(s.live().cfg)
 	}
-	// A first look at once: the file may have changed since it was loaded.
+	// A first look at once: the files may have changed since they were loaded.
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		regions := s.live().cfg.RegionsFilePath()
+		if err := watch(regions); err != nil {
+			s.log.Warn("config watch: the regions file's directory", zap.Error(err))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -317,14 +348,18 @@ func (s *Server) WatchConfig(ctx context.Context, settle time.Duration) error {
 			if errors.Is(err, os.ErrNotExist) {
 				continue // between a remove and a create: wait for the next event
 			}
-			if last := s.lastData.Load(); err == nil && last != nil && bytes.Equal(*last, data) {
-				continue
-			}
 			if err != nil {
 				_ = s.ReloadFile() // logs and counts the failure
 				continue
 			}
-			s.log.Info("config file changed", zap.String("path", s.cfg.Path))
+			var regionsData []byte
+			if regions != "" {
+				regionsData, _ = os.ReadFile(regions) // missing is allowed; unreadable fails the reload
+			}
+			if last := s.lastData.Load(); last != nil && bytes.Equal(*last, inputs(data, regionsData)) {
+				continue
+			}
+			s.log.Info("config changed", zap.String("path", s.cfg.Path), zap.String("regions_file", regions))
 			_ = s.reloadData(data)
 		}
 	}

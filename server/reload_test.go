@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,6 +30,7 @@ type statusDoc struct {
 		Name     string `json:"name"`
 		State    string `json:"state"`
 		InFlight int    `json:"in_flight"`
+		Peak     Peak   `json:"peak"`
 	} `json:"regions"`
 	Draining []struct {
 		Name     string `json:"name"`
@@ -270,4 +272,62 @@ func TestReadyz(t *testing.T) {
 	}
 	r.srv.Sim("eu-west").SetMode(sim.ModeOK)
 	waitFor(t, "/readyz to recover", func() bool { return get("/readyz") == 200 })
+}
+
+// TestWatchRegionsFile is the deployer closing the loop: when `deployer
+// apply` writes the regions file (temporary file, then rename), the router
+// moves the region to its deployed URL without a restart.
+func TestWatchRegionsFile(t *testing.T) {
+	deployed, err := sim.Start("127.0.0.1:0", sim.Options{Region: "deployed-us-east"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deployed.Close()
+
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	text := "auth: {disable: true}\nregions_file: regions.deployed.yaml\n" + simRegions("")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startRouterWith(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.srv.WatchConfig(ctx, 10*time.Millisecond) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watch: %v", err)
+		}
+	}()
+	engine := func() string {
+		req, _ := http.NewRequest("GET", r.url("/v1/models"), nil)
+		req.Header.Set("X-Earshot-Region", "us-east")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.Header.Get("X-Sim-Engine")
+	}
+	if got := engine(); got != "us-east" {
+		t.Fatalf("before deploying, us-east is served by engine %q", got)
+	}
+
+	tmp := filepath.Join(dir, ".regions.tmp")
+	file := fmt.Sprintf("regions:\n  - {name: us-east, url: %s, capacity: 7}\n", deployed.URL())
+	if err := os.WriteFile(tmp, []byte(file), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "regions.deployed.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "us-east to move to its deployed URL", func() bool { return engine() == "deployed-us-east" })
+	if st := r.status(t); st.Config.Reloads != 1 || st.Config.LastError != "" {
+		t.Errorf("reloads %d, last error %q; want one clean reload", st.Config.Reloads, st.Config.LastError)
+	}
 }

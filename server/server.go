@@ -130,6 +130,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 			HedgeDelay:     cfg.Retry.HedgeDelay,
 		},
 	})
+	s.loaded(cfg)
 	return s, nil
 }
 
@@ -263,6 +264,7 @@ func (s *Server) Serve(ctx context.Context, api, admin net.Listener) error {
 	if s.geo != nil {
 		wg.Go(func() { s.watchGeo(wctx) })
 	}
+	wg.Go(func() { s.watchDemand(wctx) })
 	s.probeMu.Lock()
 	s.probeCtx, s.probeWG = wctx, &wg
 	s.probeMu.Unlock()
@@ -387,6 +389,7 @@ type regionStatus struct {
 	Outcomes   map[string]uint64 `json:"outcomes"`
 	SimMode    string            `json:"sim_mode,omitempty"`
 	Location   config.Location   `json:"location"`
+	Peak       Peak              `json:"peak"` // over window_seconds
 }
 
 type probeStatus struct {
@@ -478,6 +481,8 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now()
+	s.sampleDemand(now)
 	live := s.live()
 	s.reloadMu.Lock()
 	cs := configStatus{Path: s.cfg.Path, LoadedAt: live.loadedAt.UTC(), Reloads: s.reloadCount, LastError: s.reloadErr}
@@ -487,7 +492,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 		ReadyError    string         `json:"ready_error,omitempty"`
 		Config        configStatus   `json:"config"`
 		StreamsOpen   int            `json:"streams_open"`
-		WindowSeconds int            `json:"window_seconds"` // of flows
+		WindowSeconds int            `json:"window_seconds"` // of flows and peaks
 		Regions       []regionStatus `json:"regions"`
 		Draining      []regionStatus `json:"draining"`
 		Flows         []Flow         `json:"flows"`
@@ -495,7 +500,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 	}{
 		Config: cs, StreamsOpen: s.proxy.OpenStreams(), WindowSeconds: int(flowWindow / time.Second),
 		Regions: []regionStatus{}, Draining: []regionStatus{},
-		Flows: s.metrics.flows.recent(time.Now()), Failover: s.proxy.Stats(),
+		Flows: s.metrics.flows.recent(now), Failover: s.proxy.Stats(),
 	}
 	if err := s.ready(); err != nil {
 		out.ReadyError = err.Error()
@@ -503,11 +508,15 @@ func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 		out.Ready = true
 	}
 	for _, r := range live.regions {
-		out.Regions = append(out.Regions, r.status(false))
+		st := r.status(false)
+		st.Peak = s.metrics.demand.peak(now, r.name)
+		out.Regions = append(out.Regions, st)
 	}
 	for _, r := range live.draining {
 		if r.health.InFlight() > 0 {
-			out.Draining = append(out.Draining, r.status(true))
+			st := r.status(true)
+			st.Peak = s.metrics.demand.peak(now, r.name)
+			out.Draining = append(out.Draining, st)
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -1,0 +1,242 @@
+package config
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Deploy is the deployer's section: how each region's Deepgram app is built
+// and scaled on Modal (see deploy and cmd/deployer). The router ignores it.
+//
+//	deploy:
+//	  image: registry.example.com/acme/deepgram-modal:release-251029
+//	  secrets: [deepgram-license]
+//	  volumes: {/models: deepgram-models}
+//	  defaults: {gpu: L4, target_inputs: 16, max_containers: 8}
+//	  regions:
+//	    us-east: {min_containers: 2}
+//	    eu-west: {container_regions: [eu-west-1]}
+type Deploy struct {
+	// Environment is the Modal environment (modal deploy -e). Default: the
+	// profile's, or MODAL_ENVIRONMENT.
+	Environment string `yaml:"environment"`
+	// AppPrefix names each region's Modal app: prefix + region name.
+	// Default "earshot-".
+	AppPrefix string `yaml:"app_prefix"`
+	// Image is a registry image holding Deepgram's self-hosted API and
+	// engine (see README "Deploying the regions"). Required.
+	Image string `yaml:"image"`
+	// RegistrySecret names the Modal secret holding REGISTRY_USERNAME and
+	// REGISTRY_PASSWORD for a private registry.
+	RegistrySecret string `yaml:"registry_secret"`
+	// Secrets name Modal secrets given to the containers' environment, such
+	// as the one holding DEEPGRAM_API_KEY.
+	Secrets []string `yaml:"secrets"`
+	// Volumes mounts Modal Volumes (models, engine and API config) at
+	// absolute paths: {/models: deepgram-models}.
+	Volumes map[string]string `yaml:"volumes"`
+	// APICommand and EngineCommand start Deepgram's API (on port 8080) and
+	// engine in the container. Defaults: stem -v serve /models/api.toml and
+	// impeller -v serve /models/engine.toml.
+	APICommand    []string `yaml:"api_command"`
+	EngineCommand []string `yaml:"engine_command"`
+	// StartupTimeout bounds a container's wait for the API to answer on
+	// /v1/status before it takes traffic. Default 10m.
+	StartupTimeout time.Duration `yaml:"startup_timeout"`
+	// ReadyTimeout bounds `deployer apply`'s wait for a deployed region's
+	// /v1/status to report ready. Default 20m.
+	ReadyTimeout time.Duration `yaml:"ready_timeout"`
+	// Defaults apply to every region; a region's own settings win.
+	Defaults DeployRegion `yaml:"defaults"`
+	// Regions are the regions to deploy, by the name they have in regions.
+	Regions map[string]DeployRegion `yaml:"regions"`
+}
+
+// DeployRegion is how one region is deployed and scaled.
+type DeployRegion struct {
+	// ProxyRegion is Modal's edge proxy region for the endpoint: us-east,
+	// us-west, eu-west or ap-south. Default: the region's name.
+	ProxyRegion string `yaml:"proxy_region"`
+	// ContainerRegions are where the containers run (Modal's region=);
+	// keep them near the proxy region. Default: [proxy_region].
+	ContainerRegions []string `yaml:"container_regions"`
+	GPU              string   `yaml:"gpu"`    // default L4
+	CPU              float64  `yaml:"cpu"`    // cores; default 4
+	Memory           ByteSize `yaml:"memory"` // default 16GiB
+	// MinContainers (default 1: a region at zero answers 503 until a
+	// container starts), MaxContainers (default 4) and BufferContainers
+	// (default 0) are Modal's autoscaler settings.
+	MinContainers    *int `yaml:"min_containers"`
+	MaxContainers    int  `yaml:"max_containers"`
+	BufferContainers *int `yaml:"buffer_containers"`
+	// TargetInputs is the concurrent requests and streams one container is
+	// meant to take (@modal.concurrent(target_inputs=N)). Default 16.
+	TargetInputs int `yaml:"target_inputs"`
+	// ScaledownWindow is how long an idle container stays. Default 5m.
+	ScaledownWindow time.Duration `yaml:"scaledown_window"`
+	// Schedule raises min_containers during hours of the day (UTC), for
+	// `deployer scale`: follow the sun.
+	Schedule []Window `yaml:"schedule"`
+}
+
+// Window is a daily period, in UTC, with a floor on containers.
+type Window struct {
+	From          string `yaml:"from"` // "07:00"
+	To            string `yaml:"to"`   // "19:00"; before From wraps past midnight
+	MinContainers int    `yaml:"min_containers"`
+}
+
+// Contains says whether t's time of day (UTC) is in the window.
+func (w Window) Contains(t time.Time) bool {
+	from, _ := clock(w.From)
+	to, _ := clock(w.To)
+	t = t.UTC()
+	now := time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
+	if from <= to {
+		return now >= from && now < to
+	}
+	return now >= from || now < to
+}
+
+func clock(s string) (time.Duration, error) {
+	t, err := time.Parse("15:04", s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a time of day (HH:MM, UTC)", s)
+	}
+	return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute, nil
+}
+
+// ProxyRegions are the regions Modal's edge proxies serve.
+var ProxyRegions = []string{"us-east", "us-west", "eu-west", "ap-south"}
+
+// AppName is the Modal app of a region.
+func (d *Deploy) AppName(region string) string { return d.AppPrefix + region }
+
+// RegionNames are the regions to deploy, in the order of the config's
+// regions.
+func (d *Deploy) RegionNames(c *Config) []string {
+	var names []string
+	for _, r := range c.Regions {
+		if _, ok := d.Regions[r.Name]; ok {
+			names = append(names, r.Name)
+		}
+	}
+	return names
+}
+
+// Region is a region's settings with the defaults filled in.
+func (d *Deploy) Region(name string) DeployRegion {
+	r, def := d.Regions[name], d.Defaults
+	setDefault(&r.ProxyRegion, def.ProxyRegion)
+	setDefault(&r.ProxyRegion, name)
+	if len(r.ContainerRegions) == 0 {
+		r.ContainerRegions = def.ContainerRegions
+	}
+	if len(r.ContainerRegions) == 0 {
+		r.ContainerRegions = []string{r.ProxyRegion}
+	}
+	setDefault(&r.GPU, def.GPU)
+	setDefault(&r.GPU, "L4")
+	setDefault(&r.CPU, def.CPU)
+	setDefault(&r.CPU, 4)
+	setDefault(&r.Memory, def.Memory)
+	setDefault(&r.Memory, 16*GiB)
+	if r.MinContainers == nil {
+		r.MinContainers = def.MinContainers
+	}
+	if r.MinContainers == nil {
+		r.MinContainers = new(1)
+	}
+	setDefault(&r.MaxContainers, def.MaxContainers)
+	setDefault(&r.MaxContainers, 4)
+	if r.BufferContainers == nil {
+		r.BufferContainers = def.BufferContainers
+	}
+	if r.BufferContainers == nil {
+		r.BufferContainers = new(0)
+	}
+	setDefault(&r.TargetInputs, def.TargetInputs)
+	setDefault(&r.TargetInputs, 16)
+	setDefault(&r.ScaledownWindow, def.ScaledownWindow)
+	setDefault(&r.ScaledownWindow, 5*time.Minute)
+	if len(r.Schedule) == 0 {
+		r.Schedule = def.Schedule
+	}
+	return r
+}
+
+// Capacity is what the region holds at its largest: max containers times
+// target inputs.
+func (r DeployRegion) Capacity() int { return r.MaxContainers * r.TargetInputs }
+
+func (d *Deploy) applyDefaults() {
+	setDefault(&d.AppPrefix, "earshot-")
+	if len(d.APICommand) == 0 {
+		d.APICommand = []string{"stem", "-v", "serve", "/models/api.toml"}
+	}
+	if len(d.EngineCommand) == 0 {
+		d.EngineCommand = []string{"impeller", "-v", "serve", "/models/engine.toml"}
+	}
+	setDefault(&d.StartupTimeout, 10*time.Minute)
+	setDefault(&d.ReadyTimeout, 20*time.Minute)
+}
+
+func (c *Config) validateDeploy() error {
+	d := c.Deploy
+	if d == nil {
+		return nil
+	}
+	d.applyDefaults()
+	if d.Image == "" {
+		return c.errorf("deploy.image", "required: the image holding Deepgram's API and engine")
+	}
+	if !nameRE.MatchString(strings.TrimSuffix(d.AppPrefix, "-")) {
+		return c.errorf("deploy.app_prefix", "%q must be lower-case letters, digits and dashes", d.AppPrefix)
+	}
+	for mount, vol := range d.Volumes {
+		if !path.IsAbs(mount) || vol == "" {
+			return c.errorf("deploy.volumes", "%q: %q: want an absolute path and a volume name", mount, vol)
+		}
+	}
+	if len(d.Regions) == 0 {
+		return c.errorf("deploy.regions", "name at least one region to deploy")
+	}
+	for name := range d.Regions {
+		field := "deploy.regions." + name
+		if c.region(name) == nil {
+			return c.errorf(field, "region %q is not in regions", name)
+		}
+		r := d.Region(name)
+		switch {
+		case !slices.Contains(ProxyRegions, r.ProxyRegion):
+			return c.errorf(field+".proxy_region", "%q is not one of %s", r.ProxyRegion, strings.Join(ProxyRegions, ", "))
+		case r.CPU < 0 || r.Memory < 0:
+			return c.errorf(field, "cpu and memory must not be negative")
+		case r.MaxContainers < 1:
+			return c.errorf(field+".max_containers", "must be at least 1")
+		case *r.MinContainers < 0 || *r.MinContainers > r.MaxContainers:
+			return c.errorf(field+".min_containers", "%d is not between 0 and max_containers (%d)", *r.MinContainers, r.MaxContainers)
+		case *r.BufferContainers < 0:
+			return c.errorf(field+".buffer_containers", "must not be negative")
+		case r.TargetInputs < 1:
+			return c.errorf(field+".target_inputs", "must be at least 1")
+		case r.ScaledownWindow < 2*time.Second:
+			return c.errorf(field+".scaledown_window", "must be at least 2s")
+		}
+		for i, w := range r.Schedule {
+			wf := fmt.Sprintf("%s.schedule[%d]", field, i)
+			for _, s := range []string{w.From, w.To} {
+				if _, err := clock(s); err != nil {
+					return c.errorf(wf, "%v", err)
+				}
+			}
+			if w.MinContainers < 0 || w.MinContainers > r.MaxContainers {
+				return c.errorf(wf+".min_containers", "%d is not between 0 and max_containers (%d)", w.MinContainers, r.MaxContainers)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,112 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// RegionsFile is the file `deployer apply` writes: each deployed region's
+// URL and capacity, laid over the config's regions of the same name. The
+// router loads it with the config (regions_file) and reloads when it
+// changes.
+type RegionsFile struct {
+	Regions []DeployedRegion `yaml:"regions"`
+}
+
+// DeployedRegion is one region as deployed.
+type DeployedRegion struct {
+	Name     string `yaml:"name"`
+	URL      string `yaml:"url"`
+	Capacity int    `yaml:"capacity,omitempty"` // max containers x target inputs; 0 keeps the config's
+}
+
+// RegionsFilePath is where regions_file points, resolved against the
+// config file's directory; "" without one.
+func (c *Config) RegionsFilePath() string {
+	if c.RegionsFile == "" || filepath.IsAbs(c.RegionsFile) {
+		return c.RegionsFile
+	}
+	return filepath.Join(filepath.Dir(c.Path), c.RegionsFile)
+}
+
+// RegionsFileMissing says that regions_file is set but the file does not
+// exist yet (nothing deployed): the config's own URLs are in use.
+func (c *Config) RegionsFileMissing() bool { return c.regionsMissing }
+
+// ReadRegionsFile reads and strictly decodes a regions file.
+func ReadRegionsFile(path string) (*RegionsFile, []byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	var rf RegionsFile
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&rf); err != nil && !errors.Is(err, io.EOF) {
+		return nil, data, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return &rf, data, nil
+}
+
+// overlayRegions lays the regions file over the config's regions, before
+// defaults and validation. A region given a URL there loses its sim
+// options: the simulated engine stood in until it was deployed.
+func (c *Config) overlayRegions() error {
+	path := c.RegionsFilePath()
+	if path == "" {
+		return nil
+	}
+	rf, data, err := ReadRegionsFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		c.regionsMissing = true
+		return nil
+	}
+	if err != nil {
+		return c.errorf("regions_file", "%v", err)
+	}
+	c.regionsSource = data
+	seen := map[string]bool{}
+	for i, d := range rf.Regions {
+		where := fmt.Sprintf("%s: regions[%d]", path, i)
+		if seen[d.Name] {
+			return c.errorf("regions_file", "%s: region %q twice", where, d.Name)
+		}
+		seen[d.Name] = true
+		r := c.region(d.Name)
+		if r == nil {
+			return c.errorf("regions_file", "%s: region %q is not in regions", where, d.Name)
+		}
+		u, err := url.Parse(d.URL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return c.errorf("regions_file", "%s: url %q is not an http(s) URL", where, d.URL)
+		}
+		if d.Capacity < 0 {
+			return c.errorf("regions_file", "%s: capacity must not be negative", where)
+		}
+		r.URL, r.Sim = d.URL, nil
+		if d.Capacity > 0 {
+			r.Capacity = d.Capacity
+		}
+	}
+	return nil
+}
+
+func (c *Config) region(name string) *Region {
+	for i := range c.Regions {
+		if c.Regions[i].Name == name {
+			return &c.Regions[i]
+		}
+	}
+	return nil
+}
+
+// RegionsSource is the regions file's text as loaded; nil without one.
+func (c *Config) RegionsSource() []byte { return c.regionsSource }
