@@ -30,7 +30,8 @@ type Config struct {
 	Admin string `yaml:"admin"`
 
 	// AdminToken, if set, is required as "Authorization: Bearer TOKEN" on
-	// every admin endpoint but /healthz and /readyz.
+	// every admin endpoint but /healthz, /readyz and the status page's
+	// static files.
 	AdminToken *Secret `yaml:"admin_token"`
 
 	Log      Log      `yaml:"log"`

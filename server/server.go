@@ -336,9 +336,9 @@ func (s *Server) Close() {
 	}
 }
 
-// adminHandler serves /healthz, /status and the simulated engines'
-// switches. With admin_token set, everything but /healthz needs
-// "Authorization: Bearer TOKEN".
+// adminHandler serves the probes, /status, /metrics, the status page and
+// the simulated engines' switches. With admin_token set, everything but the
+// probes and the page's static files needs "Authorization: Bearer TOKEN".
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
