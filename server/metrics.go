@@ -78,14 +78,17 @@ func newMetrics(s *Server) *metrics {
 
 // Observe implements proxy.Observer.
 func (m *metrics) Observe(r proxy.Record) {
-	region := r.Region
+	region, reason := r.Region, string(r.Reason)
 	if region == "" {
 		region = "none"
+	}
+	if reason == "" {
+		reason = "none" // turned away before routing
 	}
 	status := statusLabel(r.Status)
 	m.geo.WithLabelValues(r.Geo.String()).Inc()
 	if r.Stream {
-		m.streams.WithLabelValues(r.Path, region, status, string(r.Reason)).Inc()
+		m.streams.WithLabelValues(r.Path, region, status, reason).Inc()
 		if r.Status == 101 {
 			m.handshake.WithLabelValues(r.Path, region).Observe(r.FirstByte.Seconds())
 			m.length.WithLabelValues(r.Path, region).Observe((r.Duration - r.FirstByte).Seconds())
@@ -97,7 +100,7 @@ func (m *metrics) Observe(r proxy.Record) {
 			}
 		}
 	} else {
-		m.requests.WithLabelValues(r.Path, region, status, string(r.Reason)).Inc()
+		m.requests.WithLabelValues(r.Path, region, status, reason).Inc()
 		m.duration.WithLabelValues(r.Path, region).Observe(r.Duration.Seconds())
 		if r.FirstByte > 0 {
 			m.ttfb.WithLabelValues(r.Path, region).Observe(r.FirstByte.Seconds())
