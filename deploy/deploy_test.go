@@ -1,0 +1,419 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/earshot/earshot/config"
+	"github.com/earshot/earshot/sim"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// fakeModal is the fake modal CLI, built once for the package's tests.
+var fakeModal string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "fakemodal")
+	if err != nil {
+		panic(err)
+	}
+	fakeModal = filepath.Join(dir, "modal")
+	if out, err := exec.Command("go", "build", "-o", fakeModal, "./testdata/fakemodal").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build the fake modal CLI: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+const testModalKey = "wk-test-key"
+
+// testConfig has three regions to deploy, with Modal proxy auth headers.
+const testConfig = `
+auth: {disable: true}
+regions_file: regions.deployed.yaml
+routing: {allow_client_override: true}
+regions:
+  - name: us-east
+    url: sim://us-east
+    location: {lat: 39.04, lon: -77.49}
+    headers: {Modal-Key: {env: TEST_MODAL_KEY}, Modal-Secret: {env: TEST_MODAL_SECRET}}
+  - name: eu-west
+    url: sim://eu-west
+    location: {lat: 53.35, lon: -6.26}
+    headers: {Modal-Key: {env: TEST_MODAL_KEY}, Modal-Secret: {env: TEST_MODAL_SECRET}}
+  - name: ap-south
+    url: sim://ap-south
+    location: {lat: 19.08, lon: 72.88}
+    headers: {Modal-Key: {env: TEST_MODAL_KEY}, Modal-Secret: {env: TEST_MODAL_SECRET}}
+deploy:
+  environment: staging
+  image: registry.example.com/acme/deepgram:release-1
+  registry_secret: quay-pull
+  secrets: [deepgram-license]
+  volumes: {/models: deepgram-models}
+  ready_timeout: 1s
+  defaults: {gpu: L4, target_inputs: 8, max_containers: 4}
+  regions:
+    us-east: {}
+    eu-west: {container_regions: [eu-west-1], gpu: L40S}
+    ap-south: {min_containers: 2, scaledown_window: 10m}
+`
+
+// testbed is a config on disk and a Deployer for it that runs the fake
+// modal CLI with recorded invocations.
+type testbed struct {
+	t   *testing.T
+	dir string
+	d   *Deployer
+	out *syncBuffer
+	log string
+}
+
+func newTestbed(t *testing.T, text string, env ...string) *testbed {
+	t.Setenv("TEST_MODAL_KEY", testModalKey)
+	t.Setenv("TEST_MODAL_SECRET", "ws-test-secret")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := &testbed{t: t, dir: dir, out: &syncBuffer{}, log: filepath.Join(dir, "modal-calls.jsonl")}
+	tb.d, err = New(cfg, tb.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.d.Modal = fakeModal
+	tb.d.PollInterval = 10 * 1e6 // 10ms
+	tb.d.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH"),
+		"MODAL_TOKEN_ID=ak-test", "MODAL_TOKEN_SECRET=as-test", "FAKE_MODAL_LOG=" + tb.log}, env...)
+	return tb
+}
+
+// calls are the fake CLI's recorded invocations.
+func (tb *testbed) calls() []modalCall {
+	data, err := os.ReadFile(tb.log)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		tb.t.Fatal(err)
+	}
+	var out []modalCall
+	for line := range strings.Lines(string(data)) {
+		var c modalCall
+		if err := json.Unmarshal([]byte(line), &c); err != nil {
+			tb.t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+type modalCall struct {
+	Args []string          `json:"args"`
+	Env  map[string]string `json:"env"`
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// modalEdge stands for Modal's proxy in front of a region: it wants the
+// Modal-Key header, answers 503 until a container is "up" (after
+// coldPolls status requests; never when coldPolls < 0), then passes
+// requests to a simulated engine.
+func modalEdge(t *testing.T, coldPolls int) *httptest.Server {
+	engine, err := sim.Start("127.0.0.1:0", sim.Options{Region: "deployed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { engine.Close() })
+	target, _ := url.Parse(engine.URL())
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var polls atomic.Int64
+	edge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Modal-Key") != testModalKey || r.Header.Get("Modal-Secret") == "" {
+			http.Error(w, "modal-http: missing or invalid proxy auth", http.StatusUnauthorized)
+			return
+		}
+		if n := polls.Add(1); coldPolls < 0 || n <= int64(coldPolls) {
+			http.Error(w, "modal-http: no container available", http.StatusServiceUnavailable)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(edge.Close)
+	return edge
+}
+
+func endpointsEnv(m map[string]string) string {
+	b, _ := json.Marshal(m)
+	return "FAKE_MODAL_ENDPOINTS=" + string(b)
+}
+
+// pyCompile checks that Python accepts a generated app.
+func pyCompile(t *testing.T, file string) {
+	t.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed (.ci/run installs it): generated apps not compiled")
+	}
+	if out, err := exec.Command(py, "-m", "py_compile", file).CombinedOutput(); err != nil {
+		t.Errorf("python3 -m py_compile %s: %v\n%s", file, err, out)
+	}
+}
+
+func TestApply(t *testing.T) {
+	us, ap := modalEdge(t, 2), modalEdge(t, -1)
+	barrier := t.TempDir()
+	tb := newTestbed(t, testConfig,
+		endpointsEnv(map[string]string{"earshot-us-east": us.URL, "earshot-ap-south": ap.URL}),
+		"FAKE_MODAL_FAIL=earshot-eu-west", "FAKE_MODAL_BARRIER="+barrier+":3")
+
+	results, err := tb.d.Apply(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), "2 of 3 region(s) failed: eu-west, ap-south") {
+		t.Errorf("apply: %v, want eu-west and ap-south named as failed", err)
+	}
+	byRegion := map[string]Result{}
+	for _, r := range results {
+		byRegion[r.Region] = r
+	}
+	if r := byRegion["us-east"]; r.Err != nil || r.URL != us.URL {
+		t.Errorf("us-east: %+v, want ready at %s", r, us.URL)
+	}
+	if r := byRegion["eu-west"]; r.Err == nil || !strings.Contains(r.Err.Error(), "exit status 1") ||
+		!strings.Contains(r.Err.Error(), "pull access denied") {
+		t.Errorf("eu-west: %v, want the failed deploy with its last output", r.Err)
+	}
+	if r := byRegion["ap-south"]; r.Err == nil || !strings.Contains(r.Err.Error(), "not ready after 1s; last status: 503") {
+		t.Errorf("ap-south: %v, want a timeout with the last status", r.Err)
+	}
+
+	// Every region was deployed with the exact command, concurrently (the
+	// fake's barrier fails deploys that do not overlap).
+	var deploys []string
+	for _, c := range tb.calls() {
+		deploys = append(deploys, strings.Join(c.Args, " "))
+		if c.Env["MODAL_TOKEN_ID"] != "ak-test" || c.Env["MODAL_TOKEN_SECRET"] != "(set)" {
+			t.Errorf("modal ran without the credentials: %v", c.Env)
+		}
+	}
+	slices.Sort(deploys)
+	var want []string
+	for _, r := range []string{"ap-south", "eu-west", "us-east"} {
+		want = append(want, fmt.Sprintf("deploy %s --name earshot-%s -e staging", tb.d.appFile(r), r))
+	}
+	if !slices.Equal(deploys, want) {
+		t.Errorf("modal calls:\n  %s\nwant:\n  %s", strings.Join(deploys, "\n  "), strings.Join(want, "\n  "))
+	}
+
+	// Output is prefixed by region, line by line.
+	out := tb.out.String()
+	for _, line := range []string{
+		"[us-east] └── 🔨 Created flash service endpoint for Deepgram => " + us.URL,
+		"[us-east] /v1/status: 503 (no container up yet)",
+		"[us-east] ready",
+		"[eu-west] │ Image build for im-F4k3Im4g3 failed: pull access denied, repository   │",
+	} {
+		if !strings.Contains(out, line+"\n") {
+			t.Errorf("output lacks %q:\n%s", line, out)
+		}
+	}
+	if strings.Contains(out, "ws-test-secret") || strings.Contains(out, "as-test") {
+		t.Errorf("a secret reached the output")
+	}
+
+	// Only the region that became ready is in the regions file, and the
+	// router's config loads it.
+	cfg, err := config.Load(tb.d.Config.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range cfg.Regions {
+		switch {
+		case r.Name == "us-east" && (r.URL != us.URL || r.Capacity != 32):
+			t.Errorf("us-east in the router's config: %s capacity %d, want %s and 4x8", r.URL, r.Capacity, us.URL)
+		case r.Name != "us-east" && !r.IsSim():
+			t.Errorf("%s moved to %s though its deploy failed", r.Name, r.URL)
+		}
+	}
+	for _, r := range []string{"us-east", "eu-west", "ap-south"} {
+		pyCompile(t, tb.d.appFile(r))
+	}
+
+	// Planning again: us-east is as deployed; the others never made it.
+	changes, err := tb.d.Plan(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, c := range changes {
+		actions = append(actions, c.Region+":"+c.Action)
+	}
+	if got := strings.Join(actions, " "); got != "us-east:unchanged eu-west:create ap-south:create" {
+		t.Errorf("plan after apply: %s", got)
+	}
+}
+
+func TestPlan(t *testing.T) {
+	tb := newTestbed(t, testConfig)
+	changes, err := tb.d.Plan([]string{"eu-west"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	PrintPlan(&b, changes)
+	want := fmt.Sprintf("eu-west: create earshot-eu-west\n  $ modal deploy %s --name earshot-eu-west -e staging\n", tb.d.appFile("eu-west"))
+	if b.String() != want {
+		t.Errorf("plan:\n%s\nwant:\n%s", b.String(), want)
+	}
+	if calls := tb.calls(); len(calls) != 0 {
+		t.Errorf("plan ran modal: %v", calls)
+	}
+	if _, err := tb.d.Plan([]string{"mars"}); err == nil || !strings.Contains(err.Error(), `region "mars" is not in the deploy section`) {
+		t.Errorf("plan of an unknown region: %v", err)
+	}
+
+	// As if eu-west had been deployed with an L4, and the config now says L40S.
+	old, err := tb.d.Render("eu-west")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old = bytes.Replace(old, []byte(`GPU = "L40S"`), []byte(`GPU = "L4"`), 1)
+	if err := writeFile(tb.d.deployedFile("eu-west"), old); err != nil {
+		t.Fatal(err)
+	}
+	changes, err = tb.d.Plan([]string{"eu-west"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := changes[0]; c.Action != "update" || strings.Join(c.Diff, "|") != `- GPU = "L4"|+ GPU = "L40S"` {
+		t.Errorf("plan after a change: %s %q", c.Action, c.Diff)
+	}
+}
+
+// TestGolden checks a generated app against the golden file, and that
+// Python accepts it. go test ./deploy -run TestGolden -update rewrites it.
+func TestGolden(t *testing.T) {
+	tb := newTestbed(t, testConfig)
+	tb.d.Workdir = "/srv/earshot/deploy" // a fixed path, for a stable file
+	got, err := tb.d.Render("eu-west")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "eu-west.app.py.golden")
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the generated app differs from %s (-update rewrites it):\n%s", golden, strings.Join(diffLines(string(want), string(got)), "\n"))
+	}
+	file := filepath.Join(t.TempDir(), "app.py")
+	if err := os.WriteFile(file, got, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pyCompile(t, file)
+}
+
+// TestPrerequisites: what the deployer says when the modal CLI or the
+// credentials are missing, or the credentials are refused.
+func TestPrerequisites(t *testing.T) {
+	tb := newTestbed(t, testConfig)
+	tb.d.Modal = filepath.Join(tb.dir, "no-such-modal")
+	if _, err := tb.d.Apply(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "pip install modal") {
+		t.Errorf("without the CLI: %v, want how to install it", err)
+	}
+
+	tb = newTestbed(t, testConfig)
+	tb.d.Env = []string{"HOME=" + tb.dir, "FAKE_MODAL_LOG=" + tb.log}
+	if _, err := tb.d.Apply(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "no Modal credentials: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET") {
+		t.Errorf("without credentials: %v", err)
+	}
+	if len(tb.calls()) != 0 {
+		t.Errorf("modal ran without credentials")
+	}
+	// `modal setup` writes ~/.modal.toml: that is credentials enough.
+	if err := os.WriteFile(filepath.Join(tb.dir, ".modal.toml"), []byte("[default]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.d.checkCredentials(); err != nil {
+		t.Errorf("with ~/.modal.toml: %v", err)
+	}
+
+	tb = newTestbed(t, testConfig, "MODAL_TOKEN_ID=invalid")
+	results, err := tb.d.Apply(context.Background(), []string{"us-east"})
+	if err == nil || len(results) != 1 || !strings.Contains(results[0].Err.Error(), "Token ID is malformed or invalid") {
+		t.Errorf("with refused credentials: %v %+v", err, results)
+	}
+	if _, err := os.Stat(tb.d.Config.RegionsFilePath()); !os.IsNotExist(err) {
+		t.Errorf("a regions file was written though nothing was deployed")
+	}
+}
+
+func TestDestroy(t *testing.T) {
+	tb := newTestbed(t, testConfig)
+	err := tb.d.Destroy(context.Background(), "ap-south", false, strings.NewReader("earshot-us-east\n"))
+	if err == nil || !strings.Contains(err.Error(), "not confirmed") || len(tb.calls()) != 0 {
+		t.Fatalf("destroy confirmed with the wrong name: %v, calls %v", err, tb.calls())
+	}
+	if err := tb.d.Destroy(context.Background(), "ap-south", false, strings.NewReader("earshot-ap-south\n")); err != nil {
+		t.Fatal(err)
+	}
+	calls := tb.calls()
+	if len(calls) != 1 || strings.Join(calls[0].Args, " ") != "app stop earshot-ap-south --yes -e staging" {
+		t.Errorf("modal calls: %v", calls)
+	}
+	if !strings.Contains(tb.out.String(), "[ap-south] ✓ App earshot-ap-south stopped.") {
+		t.Errorf("output:\n%s", tb.out.String())
+	}
+}
