@@ -3,9 +3,12 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const twoSimRegions = `
@@ -124,5 +127,32 @@ func TestDeploySection(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.section, err, tc.want)
 		}
+	}
+}
+
+// TestKubernetesConfigMap keeps deploy/kubernetes honest: the config.yaml
+// in its ConfigMap loads, given the variables its Secret provides.
+func TestKubernetesConfigMap(t *testing.T) {
+	data, err := os.ReadFile("../deploy/kubernetes/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Kind string            `yaml:"kind"`
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(data, &cm); err != nil || cm.Kind != "ConfigMap" || cm.Data["config.yaml"] == "" {
+		t.Fatalf("configmap.yaml: %v, kind %q, no data.config.yaml", err, cm.Kind)
+	}
+	text := cm.Data["config.yaml"]
+	for _, m := range regexp.MustCompile(`\{env: ([A-Z0-9_]+)\}`).FindAllStringSubmatch(text, -1) {
+		t.Setenv(m[1], "placeholder-for-"+m[1]) // distinct: two keys may not be equal
+	}
+	c, err := Parse("configmap.yaml", []byte(text))
+	if err != nil {
+		t.Fatalf("the ConfigMap's config.yaml does not load: %v", err)
+	}
+	if c.Admin != ":9090" {
+		t.Errorf("admin = %q: kubelet probes and Prometheus need it on the pod's address", c.Admin)
 	}
 }
