@@ -93,7 +93,7 @@ func TestMetrics(t *testing.T) {
 
 	for series, want := range map[string]float64{
 		`earshot_requests_total{path="/v1/models",reason="nearest",region="eu-west",status="200"}`: 3,
-		`earshot_requests_total{path="other",reason="none",region="none",status="404"}`:                1,
+		`earshot_requests_total{path="other",reason="none",region="none",status="404"}`:            1,
 		`earshot_geolocation_total{source="cloudflare"}`:                                           3,
 		`earshot_geolocation_total{source="none"}`:                                                 2,
 		`earshot_time_to_first_byte_seconds_count{path="/v1/models",region="eu-west"}`:             3,

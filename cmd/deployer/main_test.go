@@ -30,8 +30,8 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		args       []string
-		code       int
+		args        []string
+		code        int
 		out, errOut string
 	}{
 		{nil, 2, "", "usage: deployer COMMAND"},
