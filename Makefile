@@ -1,6 +1,6 @@
 # Convenience targets; each is one plain go command (make is optional).
 
-.PHONY: run test bench build check
+.PHONY: run test bench gobench build check
 
 run:            ## run the router on config.yaml (four simulated regions)
 	go run ./cmd/router --config config.yaml
@@ -8,8 +8,11 @@ run:            ## run the router on config.yaml (four simulated regions)
 test:           ## what CI runs: vet, race tests, short fuzz runs
 	./scripts/test.sh
 
-bench:          ## Go benchmarks of the HTTP path and the stream relay
-	go test -run '^$$' -bench . -benchmem -count 5 ./proxy/
+bench:          ## the side-by-side benchmark (router, direct, nginx, HAProxy, Caddy); see bench/README.md
+	go run ./bench
+
+gobench:        ## Go benchmarks of the hot paths
+	go test -run '^$$' -bench . -benchmem -count 5 ./proxy/ ./routing/ ./server/
 
 build:          ## static binaries in bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/ ./cmd/...

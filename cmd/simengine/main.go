@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/earshot/earshot/sim"
 )
@@ -37,6 +38,8 @@ func run(args []string) error {
 	mode := fs.String("mode", "ok", "initial mode: ok, refuse, hang or die")
 	speakChunk := fs.Int("speak-chunk", 4800, "bytes per chunk of synthesized audio")
 	speakInterval := fs.Duration("speak-interval", 20*time.Millisecond, "pause between chunks of synthesized audio (negative = none)")
+	level := zapcore.InfoLevel
+	fs.Var(&level, "log-level", "debug, info (a line per request or stream), warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,7 +48,9 @@ func run(args []string) error {
 		return err
 	}
 
-	log, err := zap.NewProduction()
+	logCfg := zap.NewProductionConfig()
+	logCfg.Level = zap.NewAtomicLevelAt(level)
+	log, err := logCfg.Build()
 	if err != nil {
 		return fmt.Errorf("build logger: %w", err)
 	}
