@@ -60,6 +60,7 @@ type options struct {
 	skipHTTP    bool
 	skipStreams bool
 	peers       []string
+	profile     string
 }
 
 func main() {
@@ -78,6 +79,7 @@ func main() {
 	flag.BoolVar(&o.skipStreams, "skip-streams", false, "skip the streaming part")
 	flag.StringVar(&peers, "peers", "nginx,haproxy,caddy", "proxies to compare, each when installed")
 	flag.StringVar(&audioFile, "audio-file", "", "write the 32 KiB audio body to this file and exit")
+	flag.StringVar(&o.profile, "profile", "", "save a CPU profile of the router during its first saturation attack to this file")
 	flag.Parse()
 	if audioFile != "" {
 		if err := os.WriteFile(audioFile, body32k(), 0o644); err != nil {
@@ -109,10 +111,11 @@ func body32k() []byte {
 // system is one way to reach the region: straight, or through a proxy
 // process.
 type system struct {
-	name string
-	url  string // http://host:port
-	pid  int    // the proxy's process; 0 for direct
-	cmd  *exec.Cmd
+	name  string
+	url   string // http://host:port
+	admin string // the router's admin listener
+	pid   int    // the proxy's process; 0 for direct
+	cmd   *exec.Cmd
 }
 
 func run(o options) error {
@@ -270,7 +273,7 @@ regions:
 	if err != nil {
 		return nil, err
 	}
-	return &system{name: "router", url: "http://" + listen, pid: cmd.Process.Pid, cmd: cmd}, nil
+	return &system{name: "router", url: "http://" + listen, admin: "http://" + admin, pid: cmd.Process.Pid, cmd: cmd}, nil
 }
 
 // startPeer runs nginx, haproxy or caddy from its config in bench/peers.
@@ -438,7 +441,11 @@ func httpBench(o options, systems []*system, regionPid int, log func(string, ...
 			// Rotate the order each round, so that no system always goes first.
 			for i := range systems {
 				s := systems[(i+round)%len(systems)]
-				r := attack(o, s, regionPid, body, mode)
+				ro := o
+				if round > 0 {
+					ro.profile = "" // the first round's is enough
+				}
+				r := attack(ro, s, regionPid, body, mode)
 				log("round %d %-10s %-8s %7.0f req/s  p50 %6.2fms  p99 %7.2fms  success %.4f", round+1, mode, s.name, r.Throughput, r.P50, r.P99, r.Success)
 				runs[s.name+"/"+mode] = append(runs[s.name+"/"+mode], r)
 			}
@@ -471,6 +478,9 @@ func attack(o options, s *system, regionPid int, body []byte, mode string) httpR
 		cpu0 = cpuOf(s.pid)
 	}
 	rcpu0 := cpuOf(regionPid)
+	if o.profile != "" && s.admin != "" && mode == "saturation" {
+		go saveProfile(s.admin, o.profile, dur)
+	}
 	for res := range atk.Attack(vegeta.NewStaticTargeter(target), rate, dur, s.name) {
 		m.Add(res)
 	}
@@ -485,6 +495,21 @@ func attack(o options, s *system, regionPid int, body []byte, mode string) httpR
 		}
 	}
 	return r
+}
+
+// saveProfile fetches a CPU profile from the router's admin listener.
+func saveProfile(admin, file string, d time.Duration) {
+	secs := max(1, int(d.Seconds())-1)
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", admin, secs))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: profile:", err)
+	}
 }
 
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -68,6 +68,13 @@ func newTransport(o Options) *http.Transport {
 		TLSHandshakeTimeout:   o.ConnectTimeout,
 		ResponseHeaderTimeout: o.ResponseTimeout,
 		ExpectContinueTimeout: time.Second,
+		// 64 KiB rather than 4: an upload of up to about 64 KiB goes out
+		// in one write with its headers, straight from the replay buffer
+		// (with 4 KiB, net/http hands the rest of the body to the socket's
+		// ReadFrom, which allocates a 32 KiB copy buffer per request), and
+		// a transcript comes back in one read.
+		WriteBufferSize: 64 << 10,
+		ReadBufferSize:  64 << 10,
 	}
 }
 

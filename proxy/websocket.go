@@ -716,23 +716,45 @@ func isReadErr(err error) bool {
 
 // copyMessage copies one message to dst, keeping its type. A client's text
 // message is sniffed for CloseStream, which changes how the stream ends.
+//
+// Toward the client (the server side of a connection, never compressed)
+// a message is read whole into a pooled buffer and written with
+// WriteMessage, which frames it without allocating; toward the region
+// (the client side, whose frames gorilla masks in its writer) it streams
+// through NextWriter. Either way the copy itself does not allocate.
 func (st *stream) copyMessage(dst *websocket.Conn, mt int, src io.Reader, stats *pumpStats, fromClient bool) error {
 	if fromClient && mt == websocket.TextMessage {
 		return st.copyControl(dst, src, stats)
 	}
-	w, err := dst.NextWriter(mt)
-	if err != nil {
-		return err
-	}
-	n, err := copyReads(w, src)
-	if err != nil {
-		_ = w.Close()
-		return err
+	var n int64
+	if !fromClient {
+		buf := textBuffers.Get().(*bytes.Buffer)
+		defer putTextBuffer(buf)
+		if _, err := buf.ReadFrom(src); err != nil {
+			return readErr{err}
+		}
+		if err := dst.WriteMessage(mt, buf.Bytes()); err != nil {
+			return err
+		}
+		n = int64(buf.Len())
+	} else {
+		w, err := dst.NextWriter(mt)
+		if err != nil {
+			return err
+		}
+		n, err = copyReads(w, src)
+		if err != nil {
+			_ = w.Close()
+			return err
+		}
+		if err := w.Close(); err != nil {
+			return err
+		}
 	}
 	stats.messages++
 	stats.bytes += n
 	st.touch()
-	return w.Close()
+	return nil
 }
 
 // touch records activity, for the idle timeout.
@@ -763,12 +785,7 @@ func (st *stream) checkIdle() {
 // limit bounds the rest.
 func (st *stream) copyControl(dst *websocket.Conn, src io.Reader, stats *pumpStats) error {
 	buf := textBuffers.Get().(*bytes.Buffer)
-	defer func() {
-		if buf.Cap() <= 64<<10 {
-			buf.Reset()
-			textBuffers.Put(buf)
-		}
-	}()
+	defer putTextBuffer(buf)
 	if _, err := buf.ReadFrom(src); err != nil {
 		return readErr{err}
 	}
@@ -793,26 +810,42 @@ var (
 	errInvalidUTF8 = errors.New("invalid UTF-8 in a text message")
 )
 
-// copyReads is io.Copy that tells a failed read (the source side ended)
-// from a failed write.
-func copyReads(w io.Writer, src io.Reader) (int64, error) {
-	n, err := io.Copy(w, readTagger{src})
-	if err != nil {
-		if re, ok := err.(readErr); ok {
-			return n, re
-		}
+// putTextBuffer returns a message buffer to the pool, unless a rare large
+// message grew it.
+func putTextBuffer(buf *bytes.Buffer) {
+	if buf.Cap() <= 64<<10 {
+		buf.Reset()
+		textBuffers.Put(buf)
 	}
-	return n, err
 }
 
-type readTagger struct{ r io.Reader }
+// copyBuffers are copyReads' buffers; a pointer, so that Put does not
+// allocate.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
-func (t readTagger) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = readErr{err}
+// copyReads is io.Copy, with a pooled buffer, that tells a failed read (the
+// source side ended) from a failed write.
+func copyReads(w io.Writer, src io.Reader) (int64, error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := w.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return n, nil
+		case rerr != nil:
+			return n, readErr{rerr}
+		}
 	}
-	return n, err
 }
 
 // isCloseStream reports whether msg is {"type":"CloseStream"}, by a sniff of

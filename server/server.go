@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"strings"
 	"sync"
@@ -350,6 +351,13 @@ func (s *Server) adminHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
 		ErrorLog: zap.NewStdLog(s.log.Named("metrics")), EnableOpenMetrics: true}))
 	mux.HandleFunc("POST /sim/{region}/mode", s.serveSimMode)
+	// Go's profiler, as Caddy and most Go services have it (behind the
+	// admin token when there is one): go tool pprof http://ADMIN/debug/pprof/profile
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /{$}", serveStatusPage)
 	mux.HandleFunc("GET /assets/{file}", serveStatusPage)
 	if s.cfg.AdminToken == nil {
