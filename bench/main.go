@@ -599,6 +599,10 @@ func streamBench(o options, n int, direct, router *system, log func(string, ...a
 	}
 	log("%s", d)
 	idle := memOf(router.pid, "VmRSS")
+	if o.profile != "" && o.skipHTTP {
+		go saveProfile(router.admin, o.profile, o.streamRamp+o.streamAudio/2)
+		o.profile = ""
+	}
 	log("streaming: %d streams through the router (idle RSS %.1f MiB)", n, float64(idle)/(1<<20))
 	r, took, cpu, peak, err := load(router)
 	if err != nil {

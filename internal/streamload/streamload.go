@@ -23,8 +23,10 @@ package streamload
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -319,10 +321,16 @@ func dialError(resp *http.Response, err error) string {
 	return errKind(err)
 }
 
-// errKind shortens an error to its kind, so that errors group.
+// errKind shortens an error to its kind, so that errors group: no
+// addresses or ports.
 func errKind(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		err = op.Err
+	}
 	s := err.Error()
-	for _, k := range []string{"connection refused", "connection reset", "i/o timeout", "broken pipe", "EOF", "too many open files", "deadline exceeded"} {
+	for _, k := range []string{"connection refused", "connection reset", "i/o timeout", "broken pipe",
+		"use of closed network connection", "too many open files", "deadline exceeded", "EOF"} {
 		if strings.Contains(s, k) {
 			return k
 		}
