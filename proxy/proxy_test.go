@@ -109,7 +109,7 @@ func (timeoutErr) Temporary() bool {
 }
 
 // newTestProxy serves a Handler in front of one upstream.
-func newTestProxy(tb testing.TB, upstream string, capacity int) (*Handler, *httptest.Server) {
+func newTestProxy(tb testing.TB, upstream string, capacity int, with ...func(*Options)) (*Handler, *httptest.Server) {
 	tb.Helper()
 	u, err := url.Parse(upstream)
 	if err != nil {
@@ -125,10 +125,14 @@ func newTestProxy(tb testing.TB, upstream string, capacity int) (*Handler, *http
 		Table:     table,
 		Upstreams: map[string]*Upstream{"r": NewUpstream("r", u, http.Header{}, hr)},
 	}
-	h := New(snap, Options{
+	o := Options{
 		ConnectTimeout: time.Second, ResponseTimeout: 5 * time.Second, HandshakeTimeout: 5 * time.Second,
 		CloseGrace: time.Second, MaxBodyBytes: 1 << 20, MaxMessageBytes: 1 << 20,
-	})
+	}
+	for _, f := range with {
+		f(&o)
+	}
+	h := New(snap, o)
 	srv := httptest.NewServer(h)
 	tb.Cleanup(func() {
 		srv.Close()
