@@ -201,20 +201,7 @@ func TestWatchConfig(t *testing.T) {
 	if err := os.Symlink(filepath.Join("..data", "config.yaml"), path); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := startRouterWith(t, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.srv.WatchConfig(ctx, 10*time.Millisecond) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("watch: %v", err)
-		}
-	}()
+	r := startWatchedRouter(t, path)
 
 	write("v2", euOnly)
 	waitFor(t, "the ConfigMap-style swap to be loaded", func() bool {
@@ -290,20 +277,7 @@ func TestWatchRegionsFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := startRouterWith(t, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.srv.WatchConfig(ctx, 10*time.Millisecond) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("watch: %v", err)
-		}
-	}()
+	r := startWatchedRouter(t, path)
 	engine := func() string {
 		req, _ := http.NewRequest("GET", r.url("/v1/models"), nil)
 		req.Header.Set("X-Earshot-Region", "us-east")
@@ -330,4 +304,25 @@ func TestWatchRegionsFile(t *testing.T) {
 	if st := r.status(t); st.Config.Reloads != 1 || st.Config.LastError != "" {
 		t.Errorf("reloads %d, last error %q; want one clean reload", st.Config.Reloads, st.Config.LastError)
 	}
+}
+
+// startWatchedRouter runs a router on the config file at path, watching it
+// (and its regions file) until the test ends.
+func startWatchedRouter(t *testing.T, path string) *router {
+	t.Helper()
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startRouterWith(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.srv.WatchConfig(ctx, 10*time.Millisecond) }()
+	t.Cleanup(func() { // before the router's own cleanup: cleanups run last first
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watch: %v", err)
+		}
+	})
+	return r
 }
