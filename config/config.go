@@ -61,8 +61,9 @@ type Config struct {
 	root   *yaml.Node // the parsed document, to find a field's line
 	source []byte     // the text it was parsed from
 
-	regionsSource  []byte // the regions file's text
-	regionsMissing bool   // RegionsFile is set but does not exist
+	regionsSource  []byte   // the regions file's text
+	regionsMissing bool     // RegionsFile is set but does not exist
+	regionsIgnored []string // regions in RegionsFile that Regions lacks
 }
 
 // Log configures the zap logger.

@@ -29,6 +29,13 @@ type Deploy struct {
 	// Image is a registry image holding Deepgram's self-hosted API and
 	// engine (see README "Deploying the regions"). Required.
 	Image string `yaml:"image"`
+	// AddPython is the Python that Modal adds to the image to run the app
+	// (Deepgram's images have none): a version such as "3.12" (the
+	// default), or "none" for an image that has its own.
+	AddPython string `yaml:"add_python"`
+	// RouterInstances is how many router instances share each region: the
+	// capacity written to regions_file is divided among them. Default 1.
+	RouterInstances int `yaml:"router_instances"`
 	// RegistrySecret names the Modal secret holding REGISTRY_USERNAME and
 	// REGISTRY_PASSWORD for a private registry.
 	RegistrySecret string `yaml:"registry_secret"`
@@ -172,8 +179,17 @@ func (d *Deploy) Region(name string) DeployRegion {
 // target inputs.
 func (r DeployRegion) Capacity() int { return r.MaxContainers * r.TargetInputs }
 
+// RouterCapacity is the capacity one router instance is given for the
+// region: its share of Capacity, rounded up.
+func (d *Deploy) RouterCapacity(region string) int {
+	n := max(1, d.RouterInstances)
+	return (d.Region(region).Capacity() + n - 1) / n
+}
+
 func (d *Deploy) applyDefaults() {
 	setDefault(&d.AppPrefix, "earshot-")
+	setDefault(&d.AddPython, "3.12")
+	setDefault(&d.RouterInstances, 1)
 	if len(d.APICommand) == 0 {
 		d.APICommand = []string{"stem", "-v", "serve", "/models/api.toml"}
 	}
@@ -190,6 +206,9 @@ func (c *Config) validateDeploy() error {
 		return nil
 	}
 	d.applyDefaults()
+	if d.RouterInstances < 0 {
+		return c.errorf("deploy.router_instances", "must not be negative")
+	}
 	if d.Image == "" {
 		return c.errorf("deploy.image", "required: the image holding Deepgram's API and engine")
 	}

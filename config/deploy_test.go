@@ -57,8 +57,13 @@ func TestRegionsFile(t *testing.T) {
 		t.Errorf("the regions file's text is not kept")
 	}
 
+	// A region retired from the config is left out, not an error.
+	write("regions:\n  - {name: ap-south, url: https://x.modal.direct}\n  - {name: eu-west, url: https://eu.modal.direct}\n")
+	if c, err = Load(path); err != nil || strings.Join(c.RegionsFileIgnored(), ",") != "ap-south" || c.Regions[1].URL != "https://eu.modal.direct" {
+		t.Errorf("a retired region in the regions file: %v, ignored %v", err, c.RegionsFileIgnored())
+	}
+
 	for _, tc := range []struct{ file, want string }{
-		{"regions:\n  - {name: ap-south, url: https://x.modal.direct}\n", `region "ap-south" is not in regions`},
 		{"regions:\n  - {name: us-east, url: ftp://x}\n", `url "ftp://x" is not an http(s) URL`},
 		{"regions:\n  - {name: us-east, url: https://x, zone: a}\n", "field zone not found"},
 		{"regions:\n  - {name: us-east, url: https://x}\n  - {name: us-east, url: https://y}\n", `region "us-east" twice`},

@@ -37,6 +37,10 @@ func (c *Config) RegionsFilePath() string {
 	return filepath.Join(filepath.Dir(c.Path), c.RegionsFile)
 }
 
+// RegionsFileIgnored are the regions the regions file lists that the
+// config does not: retired regions, left out.
+func (c *Config) RegionsFileIgnored() []string { return c.regionsIgnored }
+
 // RegionsFileMissing says that regions_file is set but the file does not
 // exist yet (nothing deployed): the config's own URLs are in use.
 func (c *Config) RegionsFileMissing() bool { return c.regionsMissing }
@@ -82,7 +86,11 @@ func (c *Config) overlayRegions() error {
 		seen[d.Name] = true
 		r := c.region(d.Name)
 		if r == nil {
-			return c.errorf("regions_file", "%s: region %q is not in regions", where, d.Name)
+			// A region retired from the config: its deployment is no
+			// longer routed to. Not an error, or removing a region from
+			// config.yaml would break every reload until the file is edited.
+			c.regionsIgnored = append(c.regionsIgnored, d.Name)
+			continue
 		}
 		u, err := url.Parse(d.URL)
 		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {

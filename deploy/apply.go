@@ -57,7 +57,7 @@ func (d *Deployer) Apply(ctx context.Context, names []string) ([]Result, error) 
 	var deployed []config.DeployedRegion
 	for _, r := range results {
 		if r.Err == nil {
-			deployed = append(deployed, config.DeployedRegion{Name: r.Region, URL: r.URL, Capacity: d.deploy().Region(r.Region).Capacity()})
+			deployed = append(deployed, config.DeployedRegion{Name: r.Region, URL: r.URL, Capacity: d.deploy().RouterCapacity(r.Region)})
 		}
 	}
 	if len(deployed) > 0 {
@@ -106,11 +106,17 @@ func (d *Deployer) applyRegion(ctx context.Context, modal, region string) Result
 	}
 	args := d.deployCommand(region)[1:]
 	d.printf(region, "$ modal %s", strings.Join(args, " "))
+	prev := ""
 	err = d.run(ctx, modal, args, func(line string) {
 		d.printf(region, "%s", line)
-		if m := endpointRE.FindStringSubmatch(line); m != nil && res.URL == "" {
-			res.URL = strings.TrimRight(m[1], ".,")
+		// The CLI may wrap a long line when its output is not a terminal:
+		// look at each line joined to the one before it too.
+		for _, text := range []string{line, prev + " " + strings.TrimSpace(line)} {
+			if m := endpointRE.FindStringSubmatch(text); m != nil && res.URL == "" {
+				res.URL = strings.TrimRight(m[1], ".,")
+			}
 		}
+		prev = line
 	})
 	switch {
 	case err != nil:
@@ -226,6 +232,20 @@ func (d *Deployer) waitReady(ctx context.Context, region, url string) error {
 // writeRegions merges deployed into the regions file, keeping the regions
 // it already lists that were not deployed this time.
 func (d *Deployer) writeRegions(deployed []config.DeployedRegion) error {
+	return d.updateRegions(func(rf *config.RegionsFile) {
+		for _, n := range deployed {
+			i := slices.IndexFunc(rf.Regions, func(r config.DeployedRegion) bool { return r.Name == n.Name })
+			if i < 0 {
+				rf.Regions = append(rf.Regions, n)
+			} else {
+				rf.Regions[i] = n
+			}
+		}
+	})
+}
+
+// updateRegions rewrites the regions file (atomically) with change applied.
+func (d *Deployer) updateRegions(change func(*config.RegionsFile)) error {
 	path := d.Config.RegionsFilePath()
 	var rf config.RegionsFile
 	if old, _, err := config.ReadRegionsFile(path); err == nil {
@@ -233,21 +253,15 @@ func (d *Deployer) writeRegions(deployed []config.DeployedRegion) error {
 	} else if !os.IsNotExist(err) {
 		return err
 	}
-	for _, n := range deployed {
-		i := slices.IndexFunc(rf.Regions, func(r config.DeployedRegion) bool { return r.Name == n.Name })
-		if i < 0 {
-			rf.Regions = append(rf.Regions, n)
-		} else {
-			rf.Regions[i] = n
-		}
-	}
+	change(&rf)
 	body, err := yaml.Marshal(rf)
 	if err != nil {
 		return err
 	}
 	head := fmt.Sprintf("# Written by `deployer apply` at %s: each deployed region's endpoint and\n"+
-		"# capacity (max_containers x target_inputs). The router loads it as regions_file\n"+
-		"# and reloads it when it changes. Do not edit: the next apply rewrites it.\n",
+		"# capacity (max_containers x target_inputs / router_instances). The router loads\n"+
+		"# it as regions_file and reloads it when it changes. Do not edit: apply and\n"+
+		"# destroy rewrite it.\n",
 		d.now().UTC().Format(time.RFC3339))
 	return writeFile(path, append([]byte(head), body...))
 }

@@ -106,7 +106,12 @@ func (d *Deployer) client() *http.Client {
 	if d.HTTP != nil {
 		return d.HTTP
 	}
-	return &http.Client{Timeout: 10 * time.Second}
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		// Probes carry the region's Modal-Key and Modal-Secret: never
+		// follow a redirect with them.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 func (d *Deployer) now() time.Time {
@@ -137,12 +142,16 @@ func (d *Deployer) regions(names []string) ([]string, error) {
 	if len(names) == 0 {
 		return all, nil
 	}
+	var out []string
 	for _, n := range names {
 		if !slices.Contains(all, n) {
 			return nil, fmt.Errorf("region %q is not in the deploy section (have %s)", n, strings.Join(all, ", "))
 		}
+		if !slices.Contains(out, n) { // a region named twice is deployed once
+			out = append(out, n)
+		}
 	}
-	return names, nil
+	return out, nil
 }
 
 //go:embed modal_app.py.tmpl
@@ -162,6 +171,7 @@ type appData struct {
 	Region, App, ProxyRegion string
 	ContainerRegions         []string
 	Image, RegistrySecret    string
+	AddPython                string // "" for none
 	Secrets                  []string
 	Volumes                  map[string]string
 	GPU                      string
@@ -195,13 +205,14 @@ func (d *Deployer) Render(region string) ([]byte, error) {
 	data := appData{
 		Region: region, App: dep.AppName(region), ProxyRegion: r.ProxyRegion,
 		ContainerRegions: r.ContainerRegions, Image: dep.Image, RegistrySecret: dep.RegistrySecret,
-		Secrets: nonNil(dep.Secrets), Volumes: dep.Volumes, GPU: r.GPU, CPU: r.CPU,
+		AddPython: strings.TrimPrefix(dep.AddPython, "none"),
+		Secrets:   nonNil(dep.Secrets), Volumes: dep.Volumes, GPU: r.GPU, CPU: r.CPU,
 		MemoryMiB:     int64(math.Ceil(float64(r.Memory) / float64(config.MiB))),
 		MinContainers: *r.MinContainers, MaxContainers: r.MaxContainers, BufferContainers: *r.BufferContainers,
 		TargetInputs: r.TargetInputs, ScaledownSeconds: int(r.ScaledownWindow / time.Second),
 		StartupSeconds: int(dep.StartupTimeout / time.Second),
 		APICommand:     dep.APICommand, EngineCommand: dep.EngineCommand,
-		Command: strings.Join(d.deployCommand(region), " "),
+		Command: strings.Join(strings.Fields(strings.Join(d.deployCommand(region), " ")), " "), // one line: it sits in a comment
 	}
 	if data.Volumes == nil {
 		data.Volumes = map[string]string{}

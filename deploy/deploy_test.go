@@ -78,7 +78,7 @@ deploy:
   registry_secret: quay-pull
   secrets: [deepgram-license]
   volumes: {/models: deepgram-models}
-  ready_timeout: 1s
+  ready_timeout: 2s
   defaults: {gpu: L4, target_inputs: 8, max_containers: 4}
   regions:
     us-east: {}
@@ -229,7 +229,7 @@ func TestApply(t *testing.T) {
 		!strings.Contains(r.Err.Error(), "pull access denied") {
 		t.Errorf("eu-west: %v, want the failed deploy with its last output", r.Err)
 	}
-	if r := byRegion["ap-south"]; r.Err == nil || !strings.Contains(r.Err.Error(), "not ready after 1s; last status: 503") {
+	if r := byRegion["ap-south"]; r.Err == nil || !strings.Contains(r.Err.Error(), "not ready after 2s; last status: 503") {
 		t.Errorf("ap-south: %v, want a timeout with the last status", r.Err)
 	}
 
@@ -392,7 +392,7 @@ func TestPrerequisites(t *testing.T) {
 
 	tb = newTestbed(t, testConfig, "MODAL_TOKEN_ID=invalid")
 	results, err := tb.d.Apply(context.Background(), []string{"us-east"})
-	if err == nil || len(results) != 1 || !strings.Contains(results[0].Err.Error(), "Token ID is malformed or invalid") {
+	if err == nil || len(results) != 1 || results[0].Err == nil || !strings.Contains(results[0].Err.Error(), "Token ID is malformed or invalid") {
 		t.Errorf("with refused credentials: %v %+v", err, results)
 	}
 	if _, err := os.Stat(tb.d.Config.RegionsFilePath()); !os.IsNotExist(err) {
@@ -400,8 +400,28 @@ func TestPrerequisites(t *testing.T) {
 	}
 }
 
+// TestWrappedEndpoint: the CLI may wrap the endpoint's line; the deployer
+// asks for wide output and also reads a URL wrapped onto the next line.
+func TestWrappedEndpoint(t *testing.T) {
+	us := modalEdge(t, 0)
+	for _, wide := range []bool{true, false} {
+		env := []string{endpointsEnv(map[string]string{"earshot-us-east": us.URL}), "FAKE_MODAL_WRAP=80"}
+		if !wide {
+			env = append(env, "FAKE_MODAL_IGNORE_COLUMNS=1")
+		}
+		tb := newTestbed(t, testConfig, env...)
+		results, err := tb.d.Apply(context.Background(), []string{"us-east", "us-east"})
+		if err != nil || len(results) != 1 || results[0].URL != us.URL {
+			t.Errorf("wide %v: %v %+v; want one deploy, ready at %s", wide, err, results, us.URL)
+		}
+	}
+}
+
 func TestDestroy(t *testing.T) {
 	tb := newTestbed(t, testConfig)
+	if err := os.WriteFile(tb.d.Config.RegionsFilePath(), []byte("regions:\n  - {name: ap-south, url: https://ap.modal.direct}\n  - {name: us-east, url: https://us.modal.direct}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	err := tb.d.Destroy(context.Background(), "ap-south", false, strings.NewReader("earshot-us-east\n"))
 	if err == nil || !strings.Contains(err.Error(), "not confirmed") || len(tb.calls()) != 0 {
 		t.Fatalf("destroy confirmed with the wrong name: %v, calls %v", err, tb.calls())
@@ -415,5 +435,9 @@ func TestDestroy(t *testing.T) {
 	}
 	if !strings.Contains(tb.out.String(), "[ap-south] ✓ App earshot-ap-south stopped.") {
 		t.Errorf("output:\n%s", tb.out.String())
+	}
+	rf, _, err := config.ReadRegionsFile(tb.d.Config.RegionsFilePath())
+	if err != nil || len(rf.Regions) != 1 || rf.Regions[0].Name != "us-east" {
+		t.Errorf("regions file after destroying ap-south: %+v, %v; want only us-east", rf, err)
 	}
 }

@@ -5,12 +5,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
+
+	"github.com/earshot/earshot/config"
 )
 
-// Destroy stops region's Modal app. Unless yes, it asks on in for the
-// app's name to be typed back. The router keeps the region until it is
-// removed from config.yaml; its probes find it down meanwhile.
+// Destroy stops region's Modal app and takes the region out of the regions
+// file. Unless yes, it asks on in for the app's name to be typed back. The
+// router goes back to the config's own URL for the region (until the region
+// is removed from config.yaml); its probes find that down if it is gone.
 func (d *Deployer) Destroy(ctx context.Context, region string, yes bool, in io.Reader) error {
 	if _, err := d.regions([]string{region}); err != nil {
 		return err
@@ -32,6 +36,14 @@ func (d *Deployer) Destroy(ctx context.Context, region string, yes bool, in io.R
 	if err := d.run(ctx, modal, args, func(l string) { d.printf(region, "%s", l) }); err != nil {
 		return err
 	}
-	d.printf(region, "stopped %s; remove region %s from config.yaml (regions and deploy.regions) when it is gone for good", app, region)
+	if d.Config.RegionsFilePath() != "" {
+		err := d.updateRegions(func(rf *config.RegionsFile) {
+			rf.Regions = slices.DeleteFunc(rf.Regions, func(r config.DeployedRegion) bool { return r.Name == region })
+		})
+		if err != nil {
+			return fmt.Errorf("stopped %s, but could not update %s: %w", app, d.Config.RegionsFilePath(), err)
+		}
+	}
+	d.printf(region, "stopped %s and took it out of the regions file; remove region %s from config.yaml (regions and deploy.regions) when it is gone for good", app, region)
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // tailLines is how many of a command's last output lines an error shows.
@@ -70,7 +71,10 @@ func (d *Deployer) ready() (string, error) {
 // lines of output.
 func (d *Deployer) run(ctx context.Context, modal string, args []string, line func(string)) error {
 	cmd := exec.CommandContext(ctx, modal, args...)
-	cmd.Env = d.env()
+	// A wide terminal, so that the CLI does not wrap the endpoint's line.
+	cmd.Env = append(d.env()[:len(d.env()):len(d.env())], "COLUMNS=1000")
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) } // let it stop cleanly first
+	cmd.WaitDelay = 10 * time.Second                                      // then kill it, and stop waiting for its output
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	var tail []string

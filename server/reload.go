@@ -264,6 +264,10 @@ func (s *Server) reloadData(data []byte) error {
 func (s *Server) loaded(cfg *config.Config) {
 	in := inputs(cfg.Source(), cfg.RegionsSource())
 	s.lastData.Store(&in)
+	if ignored := cfg.RegionsFileIgnored(); len(ignored) > 0 {
+		s.log.Warn("regions_file lists regions the config does not have; they are not routed to",
+			zap.String("regions_file", cfg.RegionsFilePath()), zap.Strings("regions", ignored))
+	}
 	if cfg.RegionsFileMissing() {
 		s.log.Warn("regions_file does not exist yet: using the URLs in the config until `deployer apply` writes it",
 			zap.String("regions_file", cfg.RegionsFilePath()))

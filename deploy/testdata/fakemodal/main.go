@@ -7,6 +7,9 @@
 //	FAKE_MODAL_FAIL       comma-separated app names whose deploy fails
 //	FAKE_MODAL_BARRIER    "DIR:N": each deploy waits until N deploys have
 //	                      started, so deploys that do not overlap fail
+//	FAKE_MODAL_WRAP       wrap output at this many columns, as Rich does
+//	                      when COLUMNS is not set and stdout is no terminal
+//	                      (or always, with FAKE_MODAL_IGNORE_COLUMNS)
 package main
 
 import (
@@ -108,7 +111,11 @@ func deploy(file, app string) {
 	if !ok {
 		url = "https://fake--" + app + "-deepgram.us-east.modal.direct"
 	}
-	fmt.Printf("└── 🔨 Created flash service endpoint for Deepgram => %s\n", url)
+	line := "└── 🔨 Created flash service endpoint for Deepgram => " + url
+	if w, _ := strconv.Atoi(os.Getenv("FAKE_MODAL_WRAP")); w > 0 && (os.Getenv("COLUMNS") == "" || os.Getenv("FAKE_MODAL_IGNORE_COLUMNS") != "") {
+		line = strings.Replace(line, "=> ", "=>\n    ", 1) // the URL does not fit: it goes on the next line
+	}
+	fmt.Println(line)
 	fmt.Println("✓ App deployed in 3.141s! 🎉")
 	fmt.Println("")
 	fmt.Printf("View Deployment: https://modal.com/apps/fake/main/deployed/%s\n", app)
