@@ -179,3 +179,29 @@ func heldMemory() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapInuse + m.StackInuse)
 }
+
+// TestLargeMessagesEitherWay: a message larger than what is sent whole
+// (wholeMessageBytes) streams through intact in both directions.
+func TestLargeMessagesEitherWay(t *testing.T) {
+	region := echoRegion()
+	defer region.Close()
+	_, router := newTestProxy(t, region.URL, 0)
+	c, _, err := websocket.DefaultDialer.Dial(strings.Replace(router.URL, "http", "ws", 1)+"/v1/speak", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, size := range []int{10, wholeMessageBytes, wholeMessageBytes + 1, 300 << 10} {
+		msg := make([]byte, size)
+		for i := range msg {
+			msg[i] = byte(i * 7)
+		}
+		if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+			t.Fatal(err)
+		}
+		mt, got, err := c.ReadMessage()
+		if err != nil || mt != websocket.BinaryMessage || !bytes.Equal(got, msg) {
+			t.Fatalf("%d bytes: type %d, %d bytes back, equal %v, %v", size, mt, len(got), bytes.Equal(got, msg), err)
+		}
+	}
+}

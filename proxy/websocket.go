@@ -412,6 +412,10 @@ type stream struct {
 	grace          time.Duration
 
 	up, down pumpStats // client to region, region to client
+	// One read tagger per pump, reused for every message, so that tagging
+	// a message's reader allocates nothing.
+	upTag, downTag readTagger
+	downLimit      io.LimitedReader
 
 	closeStreamSent atomic.Bool // the client asked for final results
 	clientLost      atomic.Bool // the client's socket failed
@@ -716,40 +720,50 @@ func isReadErr(err error) bool {
 
 // copyMessage copies one message to dst, keeping its type. A client's text
 // message is sniffed for CloseStream, which changes how the stream ends.
-//
-// Toward the client (the server side of a connection, never compressed)
-// a message is read whole into a pooled buffer and written with
-// WriteMessage, which frames it without allocating; toward the region
-// (the client side, whose frames gorilla masks in its writer) it streams
-// through NextWriter. Either way the copy itself does not allocate.
+// The copy itself does not allocate (gorilla's reader and writer do: see
+// docs/benchmarks.md).
 func (st *stream) copyMessage(dst *websocket.Conn, mt int, src io.Reader, stats *pumpStats, fromClient bool) error {
 	if fromClient && mt == websocket.TextMessage {
 		return st.copyControl(dst, src, stats)
 	}
-	var n int64
+	tag := &st.upTag
 	if !fromClient {
+		tag = &st.downTag
+		// Toward the client: a message that fits in a pooled buffer is
+		// read whole and sent with WriteMessage, which frames it without
+		// allocating. A larger one (synthesised speech) streams through.
 		buf := textBuffers.Get().(*bytes.Buffer)
 		defer putTextBuffer(buf)
-		if _, err := buf.ReadFrom(src); err != nil {
+		st.downLimit.R, st.downLimit.N = src, wholeMessageBytes+1
+		_, err := buf.ReadFrom(&st.downLimit)
+		st.downLimit.R = nil
+		if err != nil {
 			return readErr{err}
 		}
-		if err := dst.WriteMessage(mt, buf.Bytes()); err != nil {
-			return err
+		if buf.Len() <= wholeMessageBytes {
+			if err := dst.WriteMessage(mt, buf.Bytes()); err != nil {
+				return err
+			}
+			stats.messages++
+			stats.bytes += int64(buf.Len())
+			st.touch()
+			return nil
 		}
-		n = int64(buf.Len())
-	} else {
-		w, err := dst.NextWriter(mt)
-		if err != nil {
-			return err
-		}
-		n, err = copyReads(w, src)
-		if err != nil {
-			_ = w.Close()
-			return err
-		}
-		if err := w.Close(); err != nil {
-			return err
-		}
+		src = io.MultiReader(bytes.NewReader(buf.Bytes()), src)
+	}
+	w, err := dst.NextWriter(mt)
+	if err != nil {
+		return err
+	}
+	tag.r = src
+	n, err := copyReads(w, tag)
+	tag.r = nil
+	if err != nil {
+		_ = w.Close()
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
 	}
 	stats.messages++
 	stats.bytes += n
@@ -819,33 +833,30 @@ func putTextBuffer(buf *bytes.Buffer) {
 	}
 }
 
-// copyBuffers are copyReads' buffers; a pointer, so that Put does not
-// allocate.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+// wholeMessageBytes is the largest message sent to the client whole.
+const wholeMessageBytes = 64 << 10
 
-// copyReads is io.Copy, with a pooled buffer, that tells a failed read (the
-// source side ended) from a failed write.
-func copyReads(w io.Writer, src io.Reader) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	var n int64
-	for {
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			nw, werr := w.Write(buf[:nr])
-			n += int64(nw)
-			if werr != nil {
-				return n, werr
-			}
-		}
-		switch {
-		case rerr == io.EOF:
-			return n, nil
-		case rerr != nil:
-			return n, readErr{rerr}
+// copyReads copies a message from src, a pump's reused tagger, to w: w's
+// ReadFrom reads straight into the frame buffer, and the tag tells a failed
+// read (the source side ended) from a failed write.
+func copyReads(w io.Writer, src *readTagger) (int64, error) {
+	n, err := io.Copy(w, src)
+	if err != nil {
+		if re, ok := err.(readErr); ok {
+			return n, re
 		}
 	}
+	return n, err
+}
+
+type readTagger struct{ r io.Reader }
+
+func (t *readTagger) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = readErr{err}
+	}
+	return n, err
 }
 
 // isCloseStream reports whether msg is {"type":"CloseStream"}, by a sniff of

@@ -62,14 +62,20 @@ func (d *demand) peak(now time.Time, region string) Peak {
 	return out
 }
 
-// sampleDemand records every region's load now.
+// sampleDemand records every region's load now. A region being replaced
+// (a reload gave it a new URL) is in the live and the draining lists under
+// one name: its load is the sum.
 func (s *Server) sampleDemand(now time.Time) {
 	streams := s.proxy.OpenStreamsByRegion()
 	live := s.live()
+	inFlight := make(map[string]int, len(live.regions))
 	for _, list := range [][]*regionState{live.regions, live.draining} {
 		for _, r := range list {
-			s.metrics.demand.sample(now, r.name, r.health.InFlight(), streams[r.name])
+			inFlight[r.name] += r.health.InFlight()
 		}
+	}
+	for name, n := range inFlight {
+		s.metrics.demand.sample(now, name, n, streams[name])
 	}
 }
 

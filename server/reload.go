@@ -308,7 +308,7 @@ func (s *Server) WatchConfig(ctx context.Context, settle time.Duration) error {
 		return err
 	}
 	defer w.Close()
-	watched := map[string]bool{}
+	watched, warned := map[string]bool{}, map[string]bool{}
 	watch := func(file string) error {
 		dir := filepath.Dir(file)
 		if file == "" || watched[dir] {
@@ -331,7 +331,8 @@ func (s *Server) WatchConfig(ctx context.Context, settle time.Duration) error {
 	defer timer.Stop()
 	for {
 		regions := s.live().cfg.RegionsFilePath()
-		if err := watch(regions); err != nil {
+		if err := watch(regions); err != nil && !warned[regions] {
+			warned[regions] = true // once: the loop comes back here after every event
 			s.log.Warn("config watch: the regions file's directory", zap.Error(err))
 		}
 		select {

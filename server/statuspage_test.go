@@ -185,8 +185,12 @@ regions:
 		t.Fatal(err)
 	}
 	headless(t, browser, page, "--screenshot="+shot, "--window-size=1280,1000")
-	if fi, err := os.Stat(shot); err != nil || fi.Size() < 10_000 {
-		t.Fatalf("screenshot %s: %v (%d bytes)", shot, err, fi.Size())
+	fi, err := os.Stat(shot)
+	if err != nil {
+		t.Fatalf("no screenshot: %v", err)
+	}
+	if fi.Size() < 10_000 {
+		t.Fatalf("screenshot %s: only %d bytes", shot, fi.Size())
 	}
 	t.Logf("screenshot: %s", shot)
 }

@@ -130,7 +130,12 @@ function render(st) {
 
 async function refresh() {
   try {
-    const resp = await fetch("status", { cache: "no-store", headers: token ? { Authorization: "Bearer " + token } : {} });
+    let resp;
+    try {
+      resp = await fetch("status", { cache: "no-store", headers: token ? { Authorization: "Bearer " + token } : {} });
+    } catch (e) {
+      throw new Error("The router cannot be reached; retrying.");
+    }
     if (resp.status === 401) {
       throw new Error("The admin endpoints need a token: open this page as …/#token=<admin_token>.");
     }
@@ -138,7 +143,7 @@ async function refresh() {
     render(await resp.json());
     banner(null);
   } catch (e) {
-    banner(e instanceof TypeError ? "The router cannot be reached; retrying." : e.message);
+    banner(e.message);
   } finally {
     setTimeout(refresh, every);
   }
