@@ -151,7 +151,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	defer stop(routerSys.cmd)
+	defer func() { stop(routerSys.cmd) }()
 	systems := []*system{direct, routerSys}
 	if err := waitUp(routerSys.url); err != nil {
 		return fmt.Errorf("router: %w\n%s", err, logTail(dir, "router"))
@@ -180,8 +180,21 @@ func run(o options) error {
 		res.HTTP = httpBench(o, systems, region.Process.Pid, log)
 	}
 	if !o.skipStreams {
-		for _, n := range o.streams {
-			sr, err := streamBench(o, n, direct, routerSys, log)
+		stop(routerSys.cmd) // a fresh router per stream count: no memory kept from before
+		for i, n := range o.streams {
+			rs, err := startRouter(dir, regionAddr)
+			if err == nil {
+				err = waitUp(rs.url)
+			}
+			if err != nil {
+				return fmt.Errorf("router: %w", err)
+			}
+			so := o
+			if i > 0 {
+				so.profile = "" // the first run's is enough
+			}
+			sr, err := streamBench(so, n, direct, rs, log)
+			stop(rs.cmd)
 			if err != nil {
 				return err
 			}
@@ -403,12 +416,18 @@ func memOf(pid int, field string) int64 {
 	return total
 }
 
-// resetPeak starts pid's tree's VmHWM again from its current RSS.
+// resetPeak starts pid's tree's VmHWM again from its current RSS; without
+// it (not root, an old kernel) peaks are lifetime peaks, and it says so once.
 func resetPeak(pid int) {
 	for _, p := range tree(pid) {
-		_ = os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p), []byte("5"), 0o644)
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p), []byte("5"), 0o644); err != nil && !peakWarned {
+			peakWarned = true
+			fmt.Fprintf(os.Stderr, "bench: cannot reset peak RSS (%v): peaks are since each process started\n", err)
+		}
 	}
 }
+
+var peakWarned bool
 
 // ---- HTTP ----
 
@@ -601,17 +620,18 @@ func streamBench(o options, n int, direct, router *system, log func(string, ...a
 	idle := memOf(router.pid, "VmRSS")
 	if o.profile != "" && o.skipHTTP {
 		go saveProfile(router.admin, o.profile, o.streamRamp+o.streamAudio/2)
-		o.profile = ""
 	}
 	log("streaming: %d streams through the router (idle RSS %.1f MiB)", n, float64(idle)/(1<<20))
-	r, took, cpu, peak, err := load(router)
+	r, _, cpu, peak, err := load(router)
 	if err != nil {
 		return nil, err
 	}
 	log("%s", r)
 	res := &StreamResult{Streams: n, Router: r, Direct: d, RouterIdleRSS: idle, RouterPeakRSS: peak,
 		RSSPerStream: float64(peak-idle) / float64(n), RouterCPU: cpu.Seconds(),
-		CoresPer1000: cpu.Seconds() / took.Seconds() / (float64(n) / 1000),
+		// CPU seconds per second of open stream, per 1,000 streams: the
+		// streams are not all open for the whole run (ramp, close).
+		CoresPer1000: cpu.Seconds() / max(r.StreamSeconds, 1) * 1000,
 		AddedP50:     r.Relay.P50 - d.Relay.P50, AddedP99: r.Relay.P99 - d.Relay.P99}
 	return res, nil
 }

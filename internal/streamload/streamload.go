@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -137,6 +138,7 @@ type stream struct {
 	sentWords   int
 	err         string // the kind of failure, "" if none
 	closeCode   int
+	open        time.Duration // from the first audio to the end
 }
 
 // Run runs the load until it is done or ctx ends, and reports.
@@ -193,7 +195,12 @@ func runStream(ctx context.Context, dialer *websocket.Dialer, target string, o O
 	}
 	defer c.Close()
 	st.handshake = time.Since(t0)
+	// Start each stream at a random phase of its pace, so that thousands
+	// of streams do not send in lockstep; the stream's clocks start after.
+	interval := time.Duration(float64(o.Chunk) / o.Speed)
+	time.Sleep(rand.N(interval))
 	opened := time.Now()
+	defer func() { st.open = time.Since(opened) }()
 
 	sent := make([]time.Time, len(a.chunks)) // when each chunk went out; read after the reader is told
 	var sentMu sync.Mutex
@@ -203,10 +210,6 @@ func runStream(ctx context.Context, dialer *websocket.Dialer, target string, o O
 		st.read(c, opened, a, sent, &sentMu)
 	}()
 
-	// Start each stream at a random phase of its pace, so that thousands
-	// of streams do not send in lockstep.
-	interval := time.Duration(float64(o.Chunk) / o.Speed)
-	time.Sleep(rand.N(interval))
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 send:
@@ -260,7 +263,7 @@ type result struct {
 // read takes every message until the close, matching final results to
 // the chunks that let the engine end their words.
 func (st *stream) read(c *websocket.Conn, opened time.Time, a *audio, sent []time.Time, sentMu *sync.Mutex) {
-	next := 0 // the next word expected
+	got := make([]bool, a.words) // by word index: each word once
 	for {
 		_, data, err := c.ReadMessage()
 		now := time.Now()
@@ -288,20 +291,21 @@ func (st *stream) read(c *websocket.Conn, opened time.Time, a *audio, sent []tim
 			continue
 		}
 		for _, w := range r.Channel.Alternatives[0].Words {
-			if w.Word != "w"+strconv.Itoa(next) {
+			i, err := strconv.Atoi(strings.TrimPrefix(w.Word, "w"))
+			if err != nil || !strings.HasPrefix(w.Word, "w") || i < 0 || i >= a.words || got[i] {
 				if st.err == "" {
 					st.err = "wrong words"
 				}
 				continue
 			}
+			got[i] = true
+			st.gotWords++
 			sentMu.Lock()
-			at := sent[a.endChunk[next]]
+			at := sent[a.endChunk[i]]
 			sentMu.Unlock()
 			if !at.IsZero() {
 				st.relay = append(st.relay, now.Sub(at))
 			}
-			next++
-			st.gotWords++
 		}
 	}
 }
@@ -353,8 +357,8 @@ func Distribution(samples []time.Duration) Dist {
 		return Dist{}
 	}
 	slices.Sort(samples)
-	at := func(q float64) float64 {
-		return ms(samples[min(len(samples)-1, int(q*float64(len(samples))))])
+	at := func(q float64) float64 { // nearest rank
+		return ms(samples[max(0, int(math.Ceil(q*float64(len(samples))))-1)])
 	}
 	return Dist{N: len(samples), P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: ms(samples[len(samples)-1])}
 }
@@ -367,6 +371,7 @@ type Report struct {
 	Streams       int            `json:"streams"`
 	Succeeded     int            `json:"succeeded"` // every word back, closed 1000
 	Seconds       float64        `json:"seconds"`
+	StreamSeconds float64        `json:"stream_seconds"` // summed over the streams, from first audio to end
 	Audio         string         `json:"audio_per_stream"`
 	Speed         float64        `json:"speed"`
 	Handshake     Dist           `json:"handshake"`
@@ -403,6 +408,7 @@ func report(o Options, sts []stream, took time.Duration) *Report {
 			fr = append(fr, st.firstResult)
 		}
 		relay = append(relay, st.relay...)
+		r.StreamSeconds += st.open.Seconds()
 	}
 	r.Handshake, r.FirstResult, r.Relay = Distribution(hs), Distribution(fr), Distribution(relay)
 	return r
