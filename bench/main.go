@@ -61,6 +61,7 @@ type options struct {
 	skipStreams bool
 	peers       []string
 	profile     string
+	routerEnv   []string
 }
 
 func main() {
@@ -79,6 +80,8 @@ func main() {
 	flag.BoolVar(&o.skipStreams, "skip-streams", false, "skip the streaming part")
 	flag.StringVar(&peers, "peers", "nginx,haproxy,caddy", "proxies to compare, each when installed")
 	flag.StringVar(&audioFile, "audio-file", "", "write the 32 KiB audio body to this file and exit")
+	var routerEnv string
+	flag.StringVar(&routerEnv, "router-env", "", "extra environment for the router, e.g. GOGC=50,GOMEMLIMIT=200MiB")
 	flag.StringVar(&o.profile, "profile", "", "save a CPU profile of the router during its first saturation attack to this file")
 	flag.Parse()
 	if audioFile != "" {
@@ -93,6 +96,9 @@ func main() {
 		}
 	}
 	o.peers = strings.Split(peers, ",")
+	if routerEnv != "" {
+		o.routerEnv = strings.Split(routerEnv, ",")
+	}
 	if err := run(o); err != nil {
 		fail(err)
 	}
@@ -147,7 +153,7 @@ func run(o options) error {
 		return fmt.Errorf("region: %w", err)
 	}
 
-	routerSys, err := startRouter(dir, regionAddr)
+	routerSys, err := startRouter(dir, regionAddr, o.routerEnv)
 	if err != nil {
 		return err
 	}
@@ -182,7 +188,7 @@ func run(o options) error {
 	if !o.skipStreams {
 		stop(routerSys.cmd) // a fresh router per stream count: no memory kept from before
 		for i, n := range o.streams {
-			rs, err := startRouter(dir, regionAddr)
+			rs, err := startRouter(dir, regionAddr, o.routerEnv)
 			if err == nil {
 				err = waitUp(rs.url)
 			}
@@ -221,11 +227,17 @@ func freeAddr() string {
 
 // start runs a process with its output in dir/name.log.
 func start(dir, name, bin string, args ...string) (*exec.Cmd, error) {
+	return startEnv(dir, name, nil, bin, args...)
+}
+
+// startEnv is start with env added to the process's environment.
+func startEnv(dir, name string, env []string, bin string, args ...string) (*exec.Cmd, error) {
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -266,7 +278,7 @@ func waitUp(base string) error {
 	}
 }
 
-func startRouter(dir, regionAddr string) (*system, error) {
+func startRouter(dir, regionAddr string, env []string) (*system, error) {
 	listen, admin := freeAddr(), freeAddr()
 	cfg := fmt.Sprintf(`# the router as benchmarked: one region, no keys, warnings only in the log
 listen: %q
@@ -282,7 +294,7 @@ regions:
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	cmd, err := start(dir, "router", filepath.Join(dir, "router"), "--config", path, "--watch=false")
+	cmd, err := startEnv(dir, "router", env, filepath.Join(dir, "router"), "--config", path, "--watch=false")
 	if err != nil {
 		return nil, err
 	}
