@@ -68,9 +68,11 @@ func (s *wsRelay) init(h *Handler) {
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: h.opts.HandshakeTimeout,
-		ReadBufferSize:   4096,
-		WriteBufferSize:  4096,
-		WriteBufferPool:  pool,
+		// 0: read with the buffer net/http already has for the connection
+		// (4 KiB) instead of allocating another per stream.
+		ReadBufferSize:  0,
+		WriteBufferSize: 4096,
+		WriteBufferPool: pool,
 		// Deepgram's API is called from any origin: keys, not cookies,
 		// authenticate, so there is no ambient credential to protect.
 		CheckOrigin: func(*http.Request) bool { return true },
