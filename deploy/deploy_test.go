@@ -200,7 +200,7 @@ func pyCompile(t *testing.T, file string) {
 	t.Helper()
 	py, err := exec.LookPath("python3")
 	if err != nil {
-		t.Skip("python3 is not installed (.ci/run installs it): generated apps not compiled")
+		t.Skip("python3 is not installed (./scripts/test.sh installs it when it can): generated apps not compiled")
 	}
 	if out, err := exec.Command(py, "-m", "py_compile", file).CombinedOutput(); err != nil {
 		t.Errorf("python3 -m py_compile %s: %v\n%s", file, err, out)

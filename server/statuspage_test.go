@@ -73,7 +73,7 @@ func chromium(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("no Chromium to drive the status page: apt-get install chromium (.ci/run does)")
+	t.Skip("no Chromium to drive the status page: apt-get install chromium (./scripts/test.sh does when it can)")
 	return ""
 }
 
