@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"sync"
 	"time"
 )
 
@@ -15,51 +14,31 @@ type Peak struct {
 	Requests int `json:"requests"`
 }
 
-// demand keeps each region's peaks over the last flowWindow in flowSlots
-// slots. It is sampled every second and at each /status, so a burst
-// shorter than a second may be missed; containers take far longer to start.
+// demand keeps each region's peaks over the last flowWindow. It is sampled
+// every second and at each /status, so a burst shorter than a second may be
+// missed; containers take far longer to start.
 type demand struct {
-	mu    sync.Mutex
-	slots [flowSlots]demandSlot
-}
-
-type demandSlot struct {
-	n     int64 // the slot's number since the epoch
-	peaks map[string]Peak
+	peaks window[string, Peak]
 }
 
 func (d *demand) sample(now time.Time, region string, inFlight, streams int) {
-	n := now.UnixNano() / int64(flowSlotLength)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	s := &d.slots[n%flowSlots]
-	if s.n != n || s.peaks == nil {
-		s.n, s.peaks = n, make(map[string]Peak)
-	}
-	p := s.peaks[region]
-	p.InFlight = max(p.InFlight, inFlight)
-	p.Streams = max(p.Streams, streams)
-	p.Requests = max(p.Requests, inFlight-streams)
-	s.peaks[region] = p
+	d.peaks.update(now, region, Peak{InFlight: inFlight, Streams: streams, Requests: inFlight - streams}, Peak.max)
 }
 
 // peak is region's peak over the window.
 func (d *demand) peak(now time.Time, region string) Peak {
-	n := now.UnixNano() / int64(flowSlotLength)
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	var out Peak
-	for i := range d.slots {
-		s := &d.slots[i]
-		if s.peaks == nil || n-s.n >= flowSlots {
-			continue
+	d.peaks.each(now, func(r string, p Peak) {
+		if r == region {
+			out = out.max(p)
 		}
-		p := s.peaks[region]
-		out.InFlight = max(out.InFlight, p.InFlight)
-		out.Streams = max(out.Streams, p.Streams)
-		out.Requests = max(out.Requests, p.Requests)
-	}
+	})
 	return out
+}
+
+// max is the higher of p's and q's counts, each.
+func (p Peak) max(q Peak) Peak {
+	return Peak{max(p.InFlight, q.InFlight), max(p.Streams, q.Streams), max(p.Requests, q.Requests)}
 }
 
 // sampleDemand records every region's load now. A region being replaced

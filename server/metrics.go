@@ -4,7 +4,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -234,46 +233,29 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// flows counts where traffic went from where over the last flowWindow, in
-// flowSlots slots, for the status page: recent routing decisions by country.
+// flows counts where traffic went from where over the last flowWindow, for
+// the status page: recent routing decisions by country.
 type flows struct {
-	mu    sync.Mutex
-	slots [flowSlots]flowSlot
+	counts window[flowKey, flowCount]
 }
-
-const (
-	flowSlots      = 10
-	flowSlotLength = 30 * time.Second
-	flowWindow     = flowSlots * flowSlotLength
-)
 
 type flowKey struct{ country, region string }
 
 type flowCount struct{ requests, streams int }
 
-type flowSlot struct {
-	n      int64 // the slot's number since the epoch; its counts are stale when not now's
-	counts map[flowKey]flowCount
-}
-
 func (f *flows) add(now time.Time, country, region string, stream bool) {
 	if country == "" {
 		country = "??"
 	}
-	n := now.UnixNano() / int64(flowSlotLength)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	s := &f.slots[n%flowSlots]
-	if s.n != n || s.counts == nil {
-		s.n, s.counts = n, make(map[flowKey]flowCount)
-	}
-	c := s.counts[flowKey{country, region}]
+	one := flowCount{requests: 1}
 	if stream {
-		c.streams++
-	} else {
-		c.requests++
+		one = flowCount{streams: 1}
 	}
-	s.counts[flowKey{country, region}] = c
+	f.counts.update(now, flowKey{country, region}, one, flowCount.plus)
+}
+
+func (c flowCount) plus(d flowCount) flowCount {
+	return flowCount{c.requests + d.requests, c.streams + d.streams}
 }
 
 // Flow is the traffic from one country to one region over the window.
@@ -289,22 +271,10 @@ type Flow struct {
 
 // recent sums the window's slots, busiest flow first.
 func (f *flows) recent(now time.Time) []Flow {
-	n := now.UnixNano() / int64(flowSlotLength)
 	sum := map[flowKey]flowCount{}
-	f.mu.Lock()
-	for i := range f.slots {
-		s := &f.slots[i]
-		if s.counts == nil || n-s.n >= flowSlots {
-			continue
-		}
-		for k, c := range s.counts {
-			t := sum[k]
-			t.requests += c.requests
-			t.streams += c.streams
-			sum[k] = t
-		}
-	}
-	f.mu.Unlock()
+	f.counts.each(now, func(k flowKey, c flowCount) {
+		sum[k] = sum[k].plus(c)
+	})
 	out := make([]Flow, 0, len(sum))
 	for k, c := range sum {
 		fl := Flow{Country: k.country, Region: k.region, Requests: c.requests, Streams: c.streams}
