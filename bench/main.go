@@ -587,7 +587,7 @@ type StreamResult struct {
 }
 
 func streamBench(o options, n int, direct, router *system, log func(string, ...any)) (*StreamResult, error) {
-	load := func(s *system) (*streamload.Report, time.Duration, time.Duration, int64, error) {
+	load := func(s *system) (*streamload.Report, time.Duration, int64, error) {
 		var cpu0 time.Duration
 		peak := int64(0)
 		stopSampling := make(chan struct{})
@@ -596,35 +596,33 @@ func streamBench(o options, n int, direct, router *system, log func(string, ...a
 			resetPeak(s.pid)
 			cpu0 = cpuOf(s.pid)
 			go func() { // the RSS while streams are open; VmHWM backs it up
-				var max int64
+				var top int64
 				t := time.NewTicker(500 * time.Millisecond)
 				defer t.Stop()
 				for {
 					select {
 					case <-stopSampling:
-						sampled <- max
+						sampled <- top
 						return
 					case <-t.C:
-						max = maxInt(max, memOf(s.pid, "VmRSS"))
+						top = max(top, memOf(s.pid, "VmRSS"))
 					}
 				}
 			}()
 		}
-		t0 := time.Now()
 		r, err := streamload.Run(context.Background(), streamload.Options{
 			URL: strings.Replace(s.url, "http://", "ws://", 1), Streams: n, Ramp: o.streamRamp, Audio: o.streamAudio,
 		})
-		took := time.Since(t0)
 		var cpu time.Duration
 		if s.pid != 0 {
 			cpu = cpuOf(s.pid) - cpu0
 			close(stopSampling)
-			peak = maxInt(<-sampled, memOf(s.pid, "VmHWM"))
+			peak = max(<-sampled, memOf(s.pid, "VmHWM"))
 		}
-		return r, took, cpu, peak, err
+		return r, cpu, peak, err
 	}
 	log("streaming: %d streams straight to the region", n)
-	d, _, _, _, err := load(direct)
+	d, _, _, err := load(direct)
 	if err != nil {
 		return nil, err
 	}
@@ -634,7 +632,7 @@ func streamBench(o options, n int, direct, router *system, log func(string, ...a
 		go saveProfile(router.admin, o.profile, o.streamRamp+o.streamAudio/2)
 	}
 	log("streaming: %d streams through the router (idle RSS %.1f MiB)", n, float64(idle)/(1<<20))
-	r, _, cpu, peak, err := load(router)
+	r, cpu, peak, err := load(router)
 	if err != nil {
 		return nil, err
 	}
@@ -647,8 +645,6 @@ func streamBench(o options, n int, direct, router *system, log func(string, ...a
 		AddedP50:     r.Relay.P50 - d.Relay.P50, AddedP99: r.Relay.P99 - d.Relay.P99}
 	return res, nil
 }
-
-func maxInt(a, b int64) int64 { return max(a, b) }
 
 // ---- results ----
 

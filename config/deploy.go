@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"path"
 	"slices"
@@ -137,38 +138,22 @@ func (d *Deploy) RegionNames(c *Config) []string {
 // Region is a region's settings with the defaults filled in.
 func (d *Deploy) Region(name string) DeployRegion {
 	r, def := d.Regions[name], d.Defaults
-	setDefault(&r.ProxyRegion, def.ProxyRegion)
-	setDefault(&r.ProxyRegion, name)
+	// Each setting: the region's own, else the defaults', else earshot's.
+	r.ProxyRegion = cmp.Or(r.ProxyRegion, def.ProxyRegion, name)
 	if len(r.ContainerRegions) == 0 {
 		r.ContainerRegions = def.ContainerRegions
 	}
 	if len(r.ContainerRegions) == 0 {
 		r.ContainerRegions = []string{r.ProxyRegion}
 	}
-	setDefault(&r.GPU, def.GPU)
-	setDefault(&r.GPU, "L4")
-	setDefault(&r.CPU, def.CPU)
-	setDefault(&r.CPU, 4)
-	setDefault(&r.Memory, def.Memory)
-	setDefault(&r.Memory, 16*GiB)
-	if r.MinContainers == nil {
-		r.MinContainers = def.MinContainers
-	}
-	if r.MinContainers == nil {
-		r.MinContainers = new(1)
-	}
-	setDefault(&r.MaxContainers, def.MaxContainers)
-	setDefault(&r.MaxContainers, 4)
-	if r.BufferContainers == nil {
-		r.BufferContainers = def.BufferContainers
-	}
-	if r.BufferContainers == nil {
-		r.BufferContainers = new(0)
-	}
-	setDefault(&r.TargetInputs, def.TargetInputs)
-	setDefault(&r.TargetInputs, 16)
-	setDefault(&r.ScaledownWindow, def.ScaledownWindow)
-	setDefault(&r.ScaledownWindow, 5*time.Minute)
+	r.GPU = cmp.Or(r.GPU, def.GPU, "L4")
+	r.CPU = cmp.Or(r.CPU, def.CPU, 4)
+	r.Memory = cmp.Or(r.Memory, def.Memory, 16*GiB)
+	r.MinContainers = cmp.Or(r.MinContainers, def.MinContainers, new(1))
+	r.MaxContainers = cmp.Or(r.MaxContainers, def.MaxContainers, 4)
+	r.BufferContainers = cmp.Or(r.BufferContainers, def.BufferContainers, new(0))
+	r.TargetInputs = cmp.Or(r.TargetInputs, def.TargetInputs, 16)
+	r.ScaledownWindow = cmp.Or(r.ScaledownWindow, def.ScaledownWindow, 5*time.Minute)
 	if len(r.Schedule) == 0 {
 		r.Schedule = def.Schedule
 	}

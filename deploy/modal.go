@@ -72,7 +72,8 @@ func (d *Deployer) ready() (string, error) {
 func (d *Deployer) run(ctx context.Context, modal string, args []string, line func(string)) error {
 	cmd := exec.CommandContext(ctx, modal, args...)
 	// A wide terminal, so that the CLI does not wrap the endpoint's line.
-	cmd.Env = append(d.env()[:len(d.env()):len(d.env())], "COLUMNS=1000")
+	env := d.env()
+	cmd.Env = append(env[:len(env):len(env)], "COLUMNS=1000")
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) } // let it stop cleanly first
 	cmd.WaitDelay = 10 * time.Second                                      // then kill it, and stop waiting for its output
 	pr, pw := io.Pipe()

@@ -270,7 +270,7 @@ func (st *stream) read(c *websocket.Conn, opened time.Time, a *audio, sent []tim
 		if err != nil {
 			var ce *websocket.CloseError
 			switch {
-			case asCloseError(err, &ce):
+			case errors.As(err, &ce):
 				st.closeCode = ce.Code
 				if ce.Code != websocket.CloseNormalClosure && st.err == "" {
 					st.err = fmt.Sprintf("close %d %s", ce.Code, ce.Text)
@@ -308,14 +308,6 @@ func (st *stream) read(c *websocket.Conn, opened time.Time, a *audio, sent []tim
 			}
 		}
 	}
-}
-
-func asCloseError(err error, ce **websocket.CloseError) bool {
-	e, ok := err.(*websocket.CloseError)
-	if ok {
-		*ce = e
-	}
-	return ok
 }
 
 func dialError(resp *http.Response, err error) string {
