@@ -97,6 +97,12 @@ type Timeouts struct {
 	// for this long (1011). Default 60s; Deepgram itself closes a stream
 	// without audio after about 10s.
 	StreamIdle time.Duration `yaml:"stream_idle"`
+	// RegionPing: an open stream's region that has sent nothing for this
+	// long is sent a WebSocket ping; if it still sends nothing, not even
+	// the pong, for as long again, it is hung and the stream ends with 1011
+	// (a hung region is found within two intervals). Default 2s; 0 turns
+	// pings off.
+	RegionPing time.Duration `yaml:"region_ping"`
 }
 
 // Limits bound what a client may send.
@@ -178,6 +184,9 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&t.CloseGrace, 5*time.Second)
 	setDefault(&t.Shutdown, 30*time.Second)
 	setDefault(&t.StreamIdle, 60*time.Second)
+	if !c.has("timeouts.region_ping") {
+		t.RegionPing = 2 * time.Second
+	}
 
 	l := &c.Limits
 	setDefault(&l.MaxHeaderBytes, 64*KiB)
@@ -186,6 +195,7 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&l.MaxConnections, 10000)
 
 	setDefault(&c.Routing.LatencyAllowance, 150*time.Millisecond)
+	setDefault(&c.Routing.SlowdownThreshold, 100*time.Millisecond)
 	c.healthDefaults()
 	for i := range c.Regions {
 		if s := c.Regions[i].Sim; s != nil {
@@ -227,7 +237,7 @@ func (c *Config) Validate() error {
 		"read_header": c.Timeouts.ReadHeader, "idle": c.Timeouts.Idle,
 		"connect": c.Timeouts.Connect, "response": c.Timeouts.Response,
 		"handshake": c.Timeouts.Handshake, "close_grace": c.Timeouts.CloseGrace,
-		"shutdown": c.Timeouts.Shutdown, "stream_idle": c.Timeouts.StreamIdle,
+		"shutdown": c.Timeouts.Shutdown, "stream_idle": c.Timeouts.StreamIdle, "region_ping": c.Timeouts.RegionPing,
 	} {
 		if d < 0 {
 			return c.errorf("timeouts."+name, "must not be negative")

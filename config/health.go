@@ -12,9 +12,11 @@ type Health struct {
 type Probe struct {
 	// Disable turns probes off; breakers alone then judge regions.
 	Disable bool `yaml:"disable"`
-	// Interval between probes of a region. Default 5s.
+	// Interval between the starts of two probes of a region. Default 1s:
+	// with the thresholds below, a region that stops answering is out of
+	// rotation within 3s, and the requests and streams waiting on it move.
 	Interval time.Duration `yaml:"interval"`
-	// Timeout of one probe. Default 2s.
+	// Timeout of one probe. Default 1s.
 	Timeout time.Duration `yaml:"timeout"`
 	// Jitter spreads probes: each interval is Interval × (1 ± Jitter ×
 	// random). Default 0.1.
@@ -37,7 +39,8 @@ type Breaker struct {
 	// Window is the rolling window of the counts. Default 10s.
 	Window time.Duration `yaml:"window"`
 	// OpenTimeout is how long an open breaker keeps the region out before
-	// trial attempts. Default 10s.
+	// trial attempts (probes that bring a down region back close it at
+	// once). Default 3s.
 	OpenTimeout time.Duration `yaml:"open_timeout"`
 	// HalfOpenRequests is how many trial attempts a half-open breaker lets
 	// through; that many successes close it. Default 3.
@@ -70,22 +73,24 @@ type Retry struct {
 	// Deadline is how long after a request arrives a new attempt may start.
 	// Default 30s.
 	Deadline time.Duration `yaml:"deadline"`
-	// AttemptTimeout bounds the wait for response headers of a request
-	// that can still fail over (its body fits in ReplayBytes): such a
-	// request is short enough to be answered quickly, so a region that
-	// takes longer is treated as hung. Default 30s. Larger requests wait
-	// up to timeouts.response.
+	// AttemptTimeout, when set, bounds the wait for response headers of a
+	// request that can still fail over (its body fits in ReplayBytes); the
+	// request then moves to the next region. Default 0 (off): a long file
+	// may take minutes on a healthy region, and a hung one is found by its
+	// probes instead (requests in flight there move as soon as it is
+	// declared down). Set it when probes are disabled.
 	AttemptTimeout time.Duration `yaml:"attempt_timeout"`
-	// HedgeDelay, when set, starts a stream's handshake with the next region
-	// if the first has not completed within it; the first to complete is
-	// kept and the other closed. Default 0 (off).
+	// HedgeDelay starts a stream's handshake with the next region if the
+	// first has not completed within it; the first to complete is kept and
+	// the other closed. Default 1s (a hung region costs a new stream about
+	// that much); 0 turns hedging off.
 	HedgeDelay time.Duration `yaml:"hedge_delay"`
 }
 
 func (c *Config) healthDefaults() {
 	p := &c.Health.Probe
-	setDefault(&p.Interval, 5*time.Second)
-	setDefault(&p.Timeout, 2*time.Second)
+	setDefault(&p.Interval, time.Second)
+	setDefault(&p.Timeout, time.Second)
 	setDefault(&p.Jitter, 0.1)
 	setDefault(&p.HealthyThreshold, 2)
 	setDefault(&p.UnhealthyThreshold, 2)
@@ -94,7 +99,7 @@ func (c *Config) healthDefaults() {
 	setDefault(&b.FailureRatio, 0.5)
 	setDefault(&b.MinRequests, 20)
 	setDefault(&b.Window, 10*time.Second)
-	setDefault(&b.OpenTimeout, 10*time.Second)
+	setDefault(&b.OpenTimeout, 3*time.Second)
 	setDefault(&b.HalfOpenRequests, 3)
 	setDefault(&b.FullStreak, 20)
 	r := &c.Retry
@@ -103,7 +108,9 @@ func (c *Config) healthDefaults() {
 	setDefault(&r.Budget, 0.2)
 	setDefault(&r.MinRetries, 3)
 	setDefault(&r.Deadline, 30*time.Second)
-	setDefault(&r.AttemptTimeout, 30*time.Second)
+	if !c.has("retry.hedge_delay") {
+		r.HedgeDelay = time.Second
+	}
 	if !c.has("retry.budget_wait") {
 		r.BudgetWait = time.Second
 	}

@@ -46,6 +46,12 @@ type Routing struct {
 	// distance from the router a region may answer before it is ranked down.
 	// Default 150ms.
 	LatencyAllowance time.Duration `yaml:"latency_allowance"`
+	// SlowdownThreshold is how much slower than its usual (its fastest
+	// probe round trip of the last 10 minutes) a region may answer its
+	// probes before it is ranked down: each millisecond beyond counts as
+	// 100 km of extra distance, and the route reason says "latency".
+	// Default 100ms.
+	SlowdownThreshold time.Duration `yaml:"slowdown_threshold"`
 	// Location is where this router runs, for judging regions' latency.
 	// Optional: without it, a region is judged against the allowance alone.
 	Location *Location `yaml:"location"`
@@ -112,6 +118,9 @@ func (c *Config) validateRouting() error {
 	}
 	if rt.LatencyAllowance < 0 {
 		return c.errorf("routing.latency_allowance", "must not be negative")
+	}
+	if rt.SlowdownThreshold < 0 {
+		return c.errorf("routing.slowdown_threshold", "must not be negative")
 	}
 	if rt.Location != nil {
 		if err := rt.Location.validate(); err != nil {

@@ -22,7 +22,7 @@ type BreakerOptions struct {
 	// Window is the rolling window of the counts, in ten buckets (10s).
 	Window time.Duration
 	// OpenTimeout is how long an open breaker refuses before it lets trial
-	// attempts through (10s). A timed-out connect or handshake also keeps the
+	// attempts through (3s). A timed-out attempt also keeps the
 	// region out this long.
 	OpenTimeout time.Duration
 	// HalfOpenRequests trial attempts are let through; that many successes
@@ -51,7 +51,7 @@ func (o *BreakerOptions) defaults() {
 		o.Window = 10 * time.Second
 	}
 	if o.OpenTimeout <= 0 {
-		o.OpenTimeout = 10 * time.Second
+		o.OpenTimeout = 3 * time.Second
 	}
 }
 
@@ -115,6 +115,8 @@ func (d *deadline) extend(until time.Time) {
 		}
 	}
 }
+
+func (d *deadline) clear() { d.unixNano.Store(0) }
 
 func (d *deadline) active(now time.Time) bool { return now.UnixNano() < d.unixNano.Load() }
 

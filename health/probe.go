@@ -40,6 +40,9 @@ type ProbeResult struct {
 	Health  string // system_health, if the region answered
 	Active  int    // the region's active batch and stream requests, from every router
 	Err     string // why it failed
+	// NoAnswer: the region did not answer at all (unreachable, timeout),
+	// as opposed to answering that it is unwell.
+	NoAnswer bool
 }
 
 type probeState struct {
@@ -83,6 +86,7 @@ func (r *Region) observeProbe(res ProbeResult, healthy, unhealthy int) (from, to
 		p.active.Store(int64(res.Active))
 		if res.Latency > 0 {
 			r.observeLatency(res.Latency)
+			r.rtt.observe(res.Latency, res.At)
 		}
 		if from != ProbeDown || p.successes >= healthy {
 			to = ProbeUp
@@ -97,7 +101,16 @@ func (r *Region) observeProbe(res ProbeResult, healthy, unhealthy int) (from, to
 			to = ProbeDown
 		}
 	}
+	if from == ProbeDown && to != ProbeDown {
+		r.recovered() // a fresh breaker and outage before it is offered work
+	}
 	p.state.Store(int32(to))
+	if to == ProbeDown && res.NoAnswer {
+		// Down and not answering at all: what waits on it would wait
+		// forever. (A region that answers that it is unwell is only taken
+		// out of rotation: work already there may still finish.)
+		r.wentDown()
+	}
 	return from, to
 }
 
@@ -118,7 +131,10 @@ type Prober struct {
 	OnChange func(from, to ProbeState, res ProbeResult)
 }
 
-// Run probes at once and then every Interval until ctx ends.
+// Run probes at once and then every Interval until ctx ends. Intervals run
+// from one probe's start to the next, so a probe that times out does not
+// delay the next: a hung region is declared down Unhealthy × Interval
+// after it stops answering, plus at most one Interval.
 func (p *Prober) Run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -128,6 +144,7 @@ func (p *Prober) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		started := time.Now()
 		res := p.probe(ctx)
 		if ctx.Err() != nil {
 			return
@@ -139,7 +156,7 @@ func (p *Prober) Run(ctx context.Context) {
 		if p.Jitter > 0 {
 			d = time.Duration(float64(d) * (1 + p.Jitter*(2*rand.Float64()-1)))
 		}
-		t.Reset(d)
+		t.Reset(max(0, d-time.Since(started)))
 	}
 }
 
@@ -165,6 +182,7 @@ func (p *Prober) probe(ctx context.Context) ProbeResult {
 	}
 	resp, err := p.Client.Do(req)
 	if err != nil {
+		res.NoAnswer = true
 		res.Err = "unreachable"
 		if IsTimeout(err) {
 			res.Err = "timeout"
@@ -180,6 +198,7 @@ func (p *Prober) probe(ctx context.Context) ProbeResult {
 		res.Err = fmt.Sprintf("status %d", resp.StatusCode)
 	case err != nil:
 		res.Err = "unreadable status body"
+		res.NoAnswer = IsTimeout(err) // it stopped answering mid-body
 	}
 	res.Health = body.SystemHealth
 	res.Active = body.Batch + body.Stream + body.StreamV2

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/earshot/earshot/failover"
 )
 
 // The benchmarks run each path twice, straight to the region ("direct") and
@@ -62,8 +64,8 @@ func BenchmarkHTTPListen(b *testing.B) {
 	region := echoRegion()
 	defer region.Close()
 	_, router := newTestProxy(b, region.URL, 0, func(o *Options) {
-		o.Retry = RetryOptions{Attempts: 3, ReplayBytes: 4 << 20, Budget: 0.2, MinRetries: 3, BudgetWait: time.Second,
-			Deadline: 30 * time.Second, AttemptTimeout: 30 * time.Second}
+		o.Retry = RetryOptions{ReplayBytes: 4 << 20, Policy: failover.Policy{Attempts: 3, Budget: 0.2, MinRetries: 3,
+			BudgetWait: time.Second, Deadline: 30 * time.Second}}
 	})
 	body := bytes.Repeat([]byte{1, 2, 3, 4}, 8<<10)
 	for _, target := range []struct{ name, url string }{{"direct", region.URL}, {"router", router.URL}} {

@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -15,38 +15,34 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/earshot/earshot/health"
+	"github.com/earshot/earshot/failover"
 )
 
-// httpForwarder forwards plain HTTP requests with httputil.ReverseProxy.
+// httpForwarder forwards plain HTTP requests with httputil.ReverseProxy,
+// one attempt per pass: its transport sends to one region, and the loop in
+// serve asks the failover run, from ModifyResponse or ErrorHandler, whether
+// the next region should be tried before anything reaches the client
+// (Caddy's shape: select, proxy, decide whether to try again).
 //
 // Bodies stream both ways. The response is flushed as the region writes it
 // when its length is unknown (chunked TTS audio), so the first chunk reaches
 // the client before the region has finished.
 type httpForwarder struct {
 	h         *Handler
-	rp        httputil.ReverseProxy
+	base      http.RoundTripper
 	transport *http.Transport // nil when Options.Transport overrides it
 	buffers   bufferPool
+	errLog    *log.Logger
 }
-
-type exchangeKey struct{}
 
 func (f *httpForwarder) init(h *Handler) {
 	f.h = h
-	rt := h.opts.Transport
-	if rt == nil {
+	f.base = h.opts.Transport
+	if f.base == nil {
 		f.transport = newTransport(h.opts)
-		rt = f.transport
+		f.base = f.transport
 	}
-	f.rp = httputil.ReverseProxy{
-		Rewrite:        f.rewrite,
-		Transport:      attemptTransport{f: f, base: rt},
-		ModifyResponse: f.modifyResponse,
-		ErrorHandler:   f.errorHandler,
-		BufferPool:     &f.buffers,
-		ErrorLog:       zap.NewStdLog(h.log.Named("reverseproxy")),
-	}
+	f.errLog = zap.NewStdLog(h.log.Named("reverseproxy"))
 }
 
 func (f *httpForwarder) closeIdle() {
@@ -84,14 +80,12 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 		f.h.reject(w, r, x, upstreamError(r.Context(), "", &http.MaxBytesError{Limit: limit}))
 		return
 	}
-	p, apiErr := f.h.decide(r, x)
+	run, apiErr := f.h.decide(r, x)
 	if apiErr != nil {
 		f.h.reject(w, r, x, apiErr)
 		return
 	}
-	x.plan = p
-	f.h.counters.inProgress.Add(1)
-	defer f.h.counters.inProgress.Add(-1)
+	defer run.End()
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &bodyReader{rc: r.Body, limit: limit, n: &x.bytesIn}
 		if err := f.buffer(r, x); err != nil {
@@ -99,8 +93,12 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 			return
 		}
 	}
+	a := run.First()
+	if a == nil {
+		f.h.reject(w, r, x, x.noRegion())
+		return
+	}
 	cw := &countingWriter{ResponseWriter: w}
-	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x))
 	defer func() {
 		// A copy cut short (client or region gone mid-body) panics with
 		// http.ErrAbortHandler inside ServeHTTP: record it, then let it go on
@@ -115,10 +113,47 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 			x.status = cw.status
 		}
 		x.bytesOut = cw.n
-		x.release(health.Outcome{Status: x.status, ClientGone: clientGone(r.Context())})
+		run.End() // the region's capacity is back before the log line
 		f.h.logAccess(r, x, x.up)
 	}()
-	f.rp.ServeHTTP(cw, r)
+	replayable := x.replay != nil || r.Body == nil || r.Body == http.NoBody
+	for a != nil {
+		t := &httpAttempt{f: f, x: x, run: run, a: a, up: x.upstream(a), replayable: replayable}
+		a = t.serve(cw, r)
+	}
+}
+
+// httpAttempt is one pass of a request through ReverseProxy, to one region.
+type httpAttempt struct {
+	f          *httpForwarder
+	x          *exchange
+	run        *failover.Run
+	a          *failover.Attempt
+	up         *Upstream
+	replayable bool
+	timer      *time.Timer       // the attempt timeout, while waiting for headers
+	next       *failover.Attempt // set when the run moves on to another region
+	final      bool              // no other region will be tried
+}
+
+// serve makes the attempt and returns the next one, or nil when the client
+// has its answer.
+func (t *httpAttempt) serve(w http.ResponseWriter, r *http.Request) *failover.Attempt {
+	rp := httputil.ReverseProxy{
+		Rewrite:        t.rewrite,
+		Transport:      t,
+		ModifyResponse: t.modifyResponse,
+		ErrorHandler:   t.errorHandler,
+		BufferPool:     &t.f.buffers,
+		ErrorLog:       t.f.errLog,
+	}
+	req := r.WithContext(t.a.Context())
+	if t.x.replay != nil {
+		req.Body = io.NopCloser(bytes.NewReader(t.x.replay))
+		req.ContentLength = int64(len(t.x.replay))
+	}
+	rp.ServeHTTP(w, req)
+	return t.next
 }
 
 // buffer reads a request body that fits in the replay size into memory so
@@ -162,11 +197,13 @@ func (f *httpForwarder) buffer(r *http.Request, x *exchange) error {
 // jsonReplayBytes is the replay size of JSON bodies whatever the setting.
 const jsonReplayBytes = 64 << 10
 
-// rewrite builds the outbound request, for any region: the region's address
-// and credentials are set per attempt by roundTrip. ReverseProxy has already
-// removed hop-by-hop headers and any client-supplied X-Forwarded-*.
-func (f *httpForwarder) rewrite(pr *httputil.ProxyRequest) {
-	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
+// rewrite builds the outbound request to the attempt's region.
+// ReverseProxy has already removed hop-by-hop headers and any
+// client-supplied X-Forwarded-*.
+func (t *httpAttempt) rewrite(pr *httputil.ProxyRequest) {
+	x, up := t.x, t.up
+	pr.Out.URL.Scheme, pr.Out.URL.Host = up.URL.Scheme, up.URL.Host
+	pr.Out.URL.Path, pr.Out.URL.RawPath = up.URL.Path+pr.In.URL.Path, ""
 	// Pass the query exactly as the client wrote it (ReverseProxy drops
 	// parameters it cannot parse; Deepgram's are all parseable, and a region
 	// should see what the client sent).
@@ -181,117 +218,95 @@ func (f *httpForwarder) rewrite(pr *httputil.ProxyRequest) {
 	}
 	setForwarded(pr.Out.Header, pr.In, x)
 	pr.Out.Header.Set("X-Request-Id", x.id)
-}
-
-// attemptTransport is the ReverseProxy's transport: it sends the request to
-// the plan's regions in turn until one answers with something other than a
-// retryable failure, or the plan, the budget or the deadline runs out.
-type attemptTransport struct {
-	f    *httpForwarder
-	base http.RoundTripper
-}
-
-func (t attemptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	x := req.Context().Value(exchangeKey{}).(*exchange)
-	p := x.plan
-	up, lease, ok := p.admit()
-	if !ok {
-		return nil, errNoCandidate
-	}
-	for {
-		x.lease, x.leased, x.attempt = lease, true, time.Now()
-		replayable := x.replay != nil || req.Body == nil || req.Body == http.NoBody
-		resp, err, timedOut := t.send(req, x, up, replayable && t.f.h.opts.Retry.Attempts > 1)
-		if !retryable(statusOf(resp), err) || !replayable || clientGone(req.Context()) {
-			p.served()
-			return resp, err
-		}
-		o := health.Outcome{Err: err, Status: statusOf(resp)}
-		if timedOut {
-			o.Err = errAttemptTimeout
-		}
-		if resp != nil {
-			o.RetryAfter = retryAfter(resp.Header)
-		}
-		if !p.mayRetry() {
-			p.served()
-			return resp, err
-		}
-		nextUp, nextLease, ok := p.admit()
-		if !ok {
-			p.retryDone()
-			p.served()
-			return resp, err // the last region's own answer is the most useful one
-		}
-		if resp != nil {
-			drain(resp.Body)
-		}
-		x.release(o)
-		t.f.h.log.Debug("failover", zap.String("request_id", x.id), zap.String("from", up.Name),
-			zap.String("to", nextUp.Name), zap.Int("status", o.Status), zap.Error(o.Err))
-		up, lease = nextUp, nextLease
-		defer p.retryDone()
-	}
-}
-
-// send makes one attempt at up. With bounded set, the wait for response
-// headers is limited to the attempt timeout, after which the attempt fails
-// as timed out (and the request moves on).
-func (t attemptTransport) send(req *http.Request, x *exchange, up *Upstream, bounded bool) (*http.Response, error, bool) {
-	out := req.Clone(req.Context())
-	out.URL.Scheme, out.URL.Host = up.URL.Scheme, up.URL.Host
-	out.URL.Path, out.URL.RawPath = up.URL.Path+req.URL.Path, ""
 	for k, v := range up.Header {
-		out.Header[k] = v
+		pr.Out.Header[k] = v
 	}
-	if x.replay != nil {
-		out.Body = io.NopCloser(bytes.NewReader(x.replay))
-		out.ContentLength = int64(len(x.replay))
+}
+
+// RoundTrip sends the attempt to its region: one attempt, no retry. With
+// an attempt timeout, a request that can still move elsewhere waits that
+// long at most for the response headers.
+func (t *httpAttempt) RoundTrip(out *http.Request) (*http.Response, error) {
+	if d := t.f.h.opts.Retry.AttemptTimeout; d > 0 && t.replayable {
+		a := t.a
+		t.timer = time.AfterFunc(d, func() { a.Cancel(errAttemptTimeout) })
 	}
-	if !bounded || t.f.h.opts.Retry.AttemptTimeout <= 0 {
-		resp, err := t.base.RoundTrip(out)
-		return resp, err, false
+	resp, err := t.f.base.RoundTrip(out)
+	if t.timer != nil {
+		t.timer.Stop()
 	}
-	ctx, cancel := context.WithCancel(req.Context())
-	var timedOut atomic.Bool
-	timer := time.AfterFunc(t.f.h.opts.Retry.AttemptTimeout, func() {
-		timedOut.Store(true)
-		cancel()
-	})
-	resp, err := t.base.RoundTrip(out.WithContext(ctx))
-	if !timer.Stop() && timedOut.Load() {
-		if resp != nil {
-			resp.Body.Close()
+	return resp, err
+}
+
+// modifyResponse decides whether the region's answer goes to the client or
+// the request moves on (the answer is then discarded, unseen).
+func (t *httpAttempt) modifyResponse(resp *http.Response) error {
+	x, a := t.x, t.a
+	res := failover.Result{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
+	if measuresLatency(resp.Request.URL.Path) {
+		res.Latency = time.Since(a.Start)
+	}
+	if t.next = t.run.Retry(a, res, t.replayable); t.next != nil {
+		drain(resp.Body)
+		return errMovedOn
+	}
+	if t.replayable && answerWhole(resp) {
+		// A transcript is useful only whole: read it before anything goes
+		// to the client, so a region that breaks off mid-answer costs a
+		// retry rather than a broken response.
+		body, err := readWhole(resp.Body, resp.ContentLength)
+		if err != nil {
+			res := failover.Result{Err: err} // nothing reached the client: as if no answer came
+			if t.next = t.run.Retry(a, res, true); t.next != nil {
+				return errMovedOn
+			}
+			t.final = true
+			return err
 		}
-		cancel()
-		return nil, errAttemptTimeout, true
+		resp.Body = body
 	}
-	if err != nil {
-		cancel()
-		return nil, err, false
+	x.serving(a)
+	t.run.Served(a)
+	h := resp.Header
+	x.setRouteHeaders(h)
+	h.Set("X-Request-Id", x.id)
+	if h.Get("Dg-Request-Id") == "" {
+		h.Set("Dg-Request-Id", x.id)
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil, false
+	x.status = resp.StatusCode
+	x.firstByte = time.Since(x.start)
+	a.Report(res) // the region's capacity is held until the body is done
+	resp.Body = &watchedBody{ReadCloser: resp.Body, a: a, status: resp.StatusCode}
+	return nil
 }
 
-// cancelOnClose ends an attempt's context when its response body is done.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (b *cancelOnClose) Close() error {
-	err := b.ReadCloser.Close()
-	b.cancel()
-	return err
-}
-
-func statusOf(resp *http.Response) int {
-	if resp == nil {
-		return 0
+// errorHandler handles an attempt that got no answer (or one that was
+// discarded): it moves the request on if it can, else answers the client.
+func (t *httpAttempt) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	if err == errMovedOn {
+		return
 	}
-	return resp.StatusCode
+	x, a := t.x, t.a
+	res := failover.Result{Err: err}
+	if !t.final {
+		if t.next = t.run.Retry(a, res, t.replayable); t.next != nil {
+			return
+		}
+	}
+	x.serving(a)
+	err = attemptErr(a, err)
+	x.err = err
+	a.Done(res)
+	e := upstreamError(x.ctx, t.up.Name, err)
+	x.setRouteHeaders(w.Header())
+	writeError(w, e, x.id)
+	x.status = e.status
+	abortIfGone(e)
 }
+
+// errMovedOn is ModifyResponse's signal that the request moved to another
+// region: ReverseProxy closes the answer and writes nothing.
+var errMovedOn = errors.New("moved on to another region")
 
 // drain discards a little of a body we will not use, so the connection can
 // be reused, and closes it.
@@ -299,16 +314,6 @@ func drain(body io.ReadCloser) {
 	_, _ = io.CopyN(io.Discard, body, 64<<10)
 	_ = body.Close()
 }
-
-var (
-	errNoCandidate    = errors.New("no region can take the request")
-	errAttemptTimeout = timeoutError{"the region did not answer within the attempt timeout"}
-)
-
-type timeoutError struct{ msg string }
-
-func (e timeoutError) Error() string { return e.msg }
-func (timeoutError) Timeout() bool   { return true }
 
 // setForwarded sets X-Forwarded-For/-Proto/-Host. A trusted peer's headers
 // are extended; anyone else's have already been dropped.
@@ -353,57 +358,30 @@ func joinComma(v []string) string {
 	return string(b)
 }
 
-func (f *httpForwarder) modifyResponse(resp *http.Response) error {
-	x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-	h := resp.Header
-	x.setRouteHeaders(h)
-	h.Set("X-Request-Id", x.id)
-	if h.Get("Dg-Request-Id") == "" {
-		h.Set("Dg-Request-Id", x.id)
-	}
-	// Health learns of the answer now; capacity is held until the body is done.
-	x.status = resp.StatusCode
-	x.firstByte = time.Since(x.start)
-	o := health.Outcome{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
-	if measuresLatency(resp.Request.URL.Path) {
-		o.Latency = time.Since(x.attempt)
-	}
-	resp.Body = &releaseOnClose{ReadCloser: resp.Body, x: x, outcome: o}
-	return nil
-}
-
-func (f *httpForwarder) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	x := r.Context().Value(exchangeKey{}).(*exchange)
-	x.err = err
-	if errors.Is(err, errNoCandidate) {
-		e := errNoRegion
-		if x.rule != "" {
-			e = errResidencyFull(x.rule)
-		}
-		writeError(w, e, x.id)
-		x.status = e.status
-		return
-	}
-	e := upstreamError(r.Context(), x.up.Name, err)
-	x.release(health.Outcome{Err: err, ClientGone: e.status == StatusClientClosed})
-	x.setRouteHeaders(w.Header())
-	writeError(w, e, x.id)
-	x.status = e.status
-	abortIfGone(e)
-}
-
-// releaseOnClose reports the outcome and frees capacity when ReverseProxy
-// has finished with the response body.
-type releaseOnClose struct {
+// watchedBody tells the attempt how the region's body ended: a read that
+// failed (the region cut the answer short) is one more failure for it;
+// either way the region's capacity comes back when the body is closed.
+type watchedBody struct {
 	io.ReadCloser
-	x       *exchange
-	outcome health.Outcome
-	once    sync.Once
+	a      *failover.Attempt
+	status int
+	err    error
 }
 
-func (b *releaseOnClose) Close() error {
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *watchedBody) Close() error {
 	err := b.ReadCloser.Close()
-	b.once.Do(func() { b.x.release(b.outcome) })
+	if b.err != nil {
+		b.a.Report(failover.Result{Status: b.status, Err: b.err})
+	}
+	b.a.Release()
 	return err
 }
 
@@ -472,6 +450,42 @@ func (p *bufferPool) Get() []byte {
 }
 
 func (p *bufferPool) Put(b []byte) { p.pool.Put(&b) }
+
+// wholeAnswerBytes is the largest answer read whole before it is passed on.
+const wholeAnswerBytes = 1 << 20
+
+// answerWhole reports whether a region's answer is read whole before it is
+// passed on: pre-recorded transcription and text intelligence answer with
+// one JSON document, useful only complete; speech and model lists stream.
+func answerWhole(resp *http.Response) bool {
+	p := resp.Request.URL.Path
+	return (strings.HasSuffix(p, "/v1/listen") || strings.HasSuffix(p, "/v1/read")) &&
+		resp.ContentLength <= wholeAnswerBytes
+}
+
+// readWhole reads an answer of n bytes (-1: unknown) into memory. An
+// answer longer than wholeAnswerBytes after all is passed on as it comes:
+// what was read first, then the rest.
+func readWhole(body io.ReadCloser, n int64) (io.ReadCloser, error) {
+	buf := bytes.NewBuffer(make([]byte, 0, max(n, 0)+bytes.MinRead))
+	_, err := io.Copy(buf, io.LimitReader(body, wholeAnswerBytes+1))
+	if err != nil {
+		_ = body.Close()
+		return nil, err
+	}
+	if buf.Len() > wholeAnswerBytes {
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(buf, body), body}, nil
+	}
+	if n >= 0 && int64(buf.Len()) != n {
+		_ = body.Close()
+		return nil, io.ErrUnexpectedEOF
+	}
+	_ = body.Close()
+	return io.NopCloser(buf), nil
+}
 
 // measuresLatency reports whether the time to a response's headers on path
 // says how far away the region is. Pre-recorded transcription and text

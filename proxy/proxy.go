@@ -1,11 +1,12 @@
 // Package proxy forwards the Deepgram API to regions: HTTP requests through
 // httputil.ReverseProxy, and WebSocket streams through a message-aware relay.
 //
-// For each request the Handler asks routing for ranked candidates, takes the
-// first whose region admits it (health.Region.TryAcquire), forwards, and
-// reports the attempt's outcome back to that region exactly once. It writes
-// one access-log line per request or stream. Errors the router answers itself
-// use Deepgram's JSON error shape so that SDKs can parse them.
+// For each request the Handler asks routing for ranked candidates and runs
+// its attempts through the failover package's one loop: the HTTP forwarder
+// makes one attempt per ReverseProxy pass and asks the run whether to try
+// the next region; the stream handshake does the same, with hedging. It
+// writes one access-log line per request or stream. Errors the router
+// answers itself use Deepgram's JSON error shape so that SDKs can parse them.
 //
 // The routing and region set live in an immutable Snapshot that can be
 // swapped atomically; a request keeps the snapshot it started with.
@@ -26,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/earshot/earshot/auth"
+	"github.com/earshot/earshot/failover"
 	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/routing"
 )
@@ -70,6 +72,10 @@ type Options struct {
 	HandshakeTimeout time.Duration // a WebSocket handshake with a region
 	CloseGrace       time.Duration // waiting for close frames and final results
 	StreamIdle       time.Duration // a stream with no message either way is closed; 0: never
+	// RegionPing: an open stream's region that has sent nothing for this
+	// long is pinged, and ended as hung if it still says nothing after as
+	// long again; 0: never.
+	RegionPing time.Duration
 
 	MaxBodyBytes    int64 // HTTP request bodies
 	MaxMessageBytes int64 // WebSocket messages, either way
@@ -91,8 +97,7 @@ type Handler struct {
 	http   httpForwarder
 	ws     wsRelay
 	routes map[string]route
-
-	counters counters
+	engine *failover.Engine
 
 	mu      sync.Mutex
 	closing bool                 // Shutdown has begun
@@ -107,7 +112,8 @@ func New(snap *Snapshot, opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	h := &Handler{opts: opts, log: opts.Logger, routes: apiRoutes(), streams: make(map[*stream]struct{})}
+	h := &Handler{opts: opts, log: opts.Logger, routes: apiRoutes(), streams: make(map[*stream]struct{}),
+		engine: failover.New(opts.Retry.Policy)}
 	h.snap.Store(snap)
 	h.http.init(h)
 	h.ws.init(h)
@@ -229,13 +235,12 @@ type exchange struct {
 	rule   string // the residency rule confining the client, if any
 	ctx    context.Context
 
-	plan    *plan
-	replay  []byte       // the request body, kept for another attempt
-	lease   health.Lease // the current attempt's, while leased
-	leased  bool
-	attempt time.Time // when the current attempt was sent
+	replay   []byte            // the request body, kept for another attempt
+	attempt  *failover.Attempt // the attempt whose answer the client gets
+	decision routing.Decision
 
 	candidates [routing.MaxRegions]*routing.Region // Select's buffer
+	regions    [routing.MaxRegions]*health.Region  // the candidates' health, for failover
 	key        *auth.Key                           // the client's key, when auth is on
 
 	status   int

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,8 +20,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/earshot/earshot/auth"
+	"github.com/earshot/earshot/failover"
 	"github.com/earshot/earshot/health"
-	"github.com/earshot/earshot/routing"
 )
 
 // wsRelay relays WebSocket streams message by message.
@@ -87,34 +89,27 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		s.h.reject(w, r, x, e)
 		return
 	}
-	p, apiErr := s.h.decide(r, x)
+	run, apiErr := s.h.decide(r, x)
 	if apiErr != nil {
 		s.h.reject(w, r, x, apiErr)
 		return
 	}
-	x.plan = p
+	defer run.End()
 	offered := websocket.Subprotocols(r)
 
-	s.h.counters.inProgress.Add(1)
-	won, lost := s.connect(r, x, p)
-	s.h.counters.inProgress.Add(-1)
+	won, lost := s.connect(r, x, run)
 	if won == nil {
 		if lost == nil {
-			e := errNoRegion
-			if x.rule != "" {
-				e = errResidencyFull(x.rule)
-			}
-			s.h.reject(w, r, x, e)
+			s.h.reject(w, r, x, x.noRegion())
 			return
 		}
-		x.up, x.reason, x.lease, x.leased, x.attempt = lost.up, lost.reason, lost.lease, true, lost.start
-		s.refused(w, r, x, lost.up, lost.resp, lost.err)
+		x.serving(lost.a)
+		s.refused(w, r, x, lost)
 		return
 	}
-	p.served()
-	up, upConn, resp := won.up, won.conn, won.resp
-	x.up, x.reason, x.lease, x.leased, x.attempt = won.up, won.reason, won.lease, true, won.start
-	outcome := health.Outcome{Status: resp.StatusCode, Latency: time.Since(x.attempt)}
+	x.serving(won.a)
+	run.Served(won.a)
+	up, upConn, resp := x.up, won.conn, won.resp
 
 	respHeader := http.Header{}
 	x.setRouteHeaders(respHeader)
@@ -134,7 +129,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 			websocket.FormatCloseMessage(websocket.CloseGoingAway, "client handshake failed"), time.Now().Add(time.Second))
 		_ = upConn.Close()
 		x.status, x.err = http.StatusBadRequest, err
-		x.release(outcome)
+		run.End()
 		s.h.logAccess(r, x, up)
 		return
 	}
@@ -143,6 +138,14 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 
 	st := newStream(clientConn, upConn, s.h.opts, r.URL.Path)
 	st.regionName = up.Name
+	// A region declared down ends the stream at once rather than letting it
+	// stall until a timeout (the next step is to move it: see stream.lost).
+	a := won.a
+	stopWatch := context.AfterFunc(a.Context(), func() {
+		if errors.Is(context.Cause(a.Context()), health.ErrDown) {
+			st.lost("region " + up.Name + " stopped answering")
+		}
+	})
 	if s.h.track(st) {
 		st.run()
 		s.h.untrack(st)
@@ -151,10 +154,16 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		st.goAway("router shutting down")
 		st.run()
 	}
+	stopWatch()
+	if st.regionFailed.Load() {
+		// The region accepted the stream and then dropped it or stopped
+		// answering: one more failure for its breaker.
+		a.Report(failover.Result{Status: http.StatusSwitchingProtocols, Err: errStreamLost})
+	}
 	x.bytesIn.Store(st.up.bytes)
 	x.bytesOut = st.down.bytes
 	x.clientClose, x.regionClose = int(st.clientClose.Load()), int(st.regionClose.Load())
-	x.release(outcome)
+	run.End()
 	s.h.logAccess(r, x, up,
 		zap.Int("client_close", x.clientClose),
 		zap.Int("region_close", x.regionClose),
@@ -162,6 +171,8 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		zap.Int64("messages_out", st.down.messages),
 	)
 }
+
+var errStreamLost = errors.New("the region dropped the stream")
 
 // checkUpgrade validates the client's handshake before a region is dialled,
 // so a bad one costs the region nothing and gets a Deepgram-shaped 400.
@@ -258,136 +269,126 @@ func (s *wsRelay) upstreamHeader(r *http.Request, x *exchange, up *Upstream) htt
 
 // handshake is one attempt to open a stream with a region.
 type handshake struct {
-	up     *Upstream
-	lease  health.Lease
-	reason routing.Reason
-	start  time.Time
+	a      *failover.Attempt
 	cancel context.CancelFunc
 
 	conn *websocket.Conn
 	resp *http.Response
 	err  error
+	took time.Duration
 }
 
-// outcome is what the attempt says about the region.
-func (hs *handshake) outcome() health.Outcome {
-	o := health.Outcome{Err: hs.err, ClientGone: errors.Is(hs.err, context.Canceled)}
-	if hs.resp != nil {
-		o.Status, o.RetryAfter = hs.resp.StatusCode, retryAfter(hs.resp.Header)
-		if errors.Is(hs.err, websocket.ErrBadHandshake) {
-			o.Err = nil // the region answered; its status says how
-		}
+// result is how the attempt ended, for the failover run.
+func (hs *handshake) result() failover.Result {
+	if hs.err == nil {
+		return failover.Result{Status: hs.resp.StatusCode, Latency: hs.took}
 	}
-	return o
-}
-
-// retryable reports whether the next region should be tried: the region
-// could not be reached, timed out, or refused with 429 or 5xx.
-func (hs *handshake) retryable() bool {
+	res := failover.Result{Err: hs.err}
 	if hs.resp != nil && errors.Is(hs.err, websocket.ErrBadHandshake) {
-		return hs.resp.StatusCode == http.StatusTooManyRequests || hs.resp.StatusCode >= 500
+		// The region answered; its status says how.
+		res.Status, res.RetryAfter, res.Err = hs.resp.StatusCode, retryAfter(hs.resp.Header), nil
 	}
-	return hs.err != nil
+	return res
 }
 
-// connect opens the region's side of a stream, trying the plan's regions in
-// turn before the client sees anything. With a hedge delay, a handshake that
-// has not completed within it is raced by one with the next region; the
-// first to complete is kept and the other closed. It returns the winning
-// handshake, or nil and the last failed one (nil if no region was tried).
-func (s *wsRelay) connect(r *http.Request, x *exchange, p *plan) (won, lost *handshake) {
-	results := make(chan *handshake, p.h.opts.Retry.Attempts+1)
-	pending := 0
-	start := func() bool {
-		up, lease, ok := p.admit()
-		if !ok {
-			return false
-		}
-		hs := &handshake{up: up, lease: lease, reason: x.reason, start: time.Now()}
+// connect opens the region's side of a stream through the failover run,
+// before the client sees anything: a failed handshake moves to the next
+// region, and with a hedge delay a handshake that has not completed within
+// it is raced by one with the next region; the first to complete is kept
+// and the others cancelled. It returns the winning handshake (reported as
+// a success and still leased), or nil and the last failed one (not yet
+// reported: its answer is the client's), or nil, nil if no region was tried.
+func (s *wsRelay) connect(r *http.Request, x *exchange, run *failover.Run) (won, lost *handshake) {
+	results := make(chan *handshake, s.h.opts.Retry.Attempts+1)
+	var pending []*handshake
+	start := func(a *failover.Attempt) {
+		up := x.upstream(a)
+		hs := &handshake{a: a}
 		var ctx context.Context
-		ctx, hs.cancel = context.WithTimeout(r.Context(), s.h.opts.HandshakeTimeout)
+		ctx, hs.cancel = context.WithTimeout(a.Context(), s.h.opts.HandshakeTimeout)
 		header := s.upstreamHeader(r, x, up)
 		target := s.upstreamURL(up, r, x)
-		pending++
+		pending = append(pending, hs)
 		go func() {
 			hs.conn, hs.resp, hs.err = s.dialer.DialContext(ctx, target, header)
+			hs.took = time.Since(hs.a.Start)
 			results <- hs
 		}()
-		return true
 	}
-	if !start() {
+	a := run.First()
+	if a == nil {
 		return nil, nil
 	}
+	start(a)
 	var hedge <-chan time.Time
 	if d := s.h.opts.Retry.HedgeDelay; d > 0 {
 		t := time.NewTimer(d)
 		defer t.Stop()
 		hedge = t.C
 	}
-	retrying := 0
-	defer func() {
-		for range retrying {
-			p.retryDone()
-		}
-	}()
-	for pending > 0 {
+	for len(pending) > 0 {
 		select {
 		case <-hedge:
 			hedge = nil
-			if p.mayRetry() {
-				retrying++
-				if start() {
-					s.h.counters.hedges.Add(1)
-				}
+			if a := run.Hedge(); a != nil {
+				start(a)
 			}
 		case hs := <-results:
-			pending--
 			hs.cancel()
+			pending = slices.DeleteFunc(pending, func(p *handshake) bool { return p == hs })
+			res := hs.result()
 			if hs.err == nil {
-				if pending > 0 {
-					go s.discard(results, pending)
+				hs.a.Report(res)
+				if len(pending) > 0 {
+					for _, p := range pending {
+						p.a.Cancel(errHedgeLost)
+					}
+					go s.discard(results, len(pending))
 				}
 				return hs, nil
 			}
-			if lost != nil {
-				lost.lease.Done(lost.outcome())
+			if len(pending) > 0 {
+				run.Fail(hs.a, res) // a hedge is still on its way
+				continue
 			}
-			lost = hs
-			if pending == 0 && hs.retryable() && p.mayRetry() {
-				retrying++
-				if start() {
-					lost.lease.Done(lost.outcome())
-					lost = nil
-				}
+			if next := run.Retry(hs.a, res, true); next != nil {
+				start(next)
+				continue
 			}
+			return nil, hs
 		}
 	}
 	return nil, lost
 }
 
-// discard closes the handshakes that lost a hedged race, as they complete.
+// errHedgeLost cancels the handshakes that lost a hedged race: a
+// cancellation, which says nothing about their regions.
+var errHedgeLost = fmt.Errorf("another region's handshake completed first: %w", context.Canceled)
+
+// discard closes the handshakes that lost a hedged race as they complete,
+// and releases them.
 func (s *wsRelay) discard(results <-chan *handshake, n int) {
 	for range n {
 		hs := <-results
 		hs.cancel()
-		o := hs.outcome()
 		if hs.conn != nil {
 			_ = hs.conn.WriteControl(websocket.CloseMessage,
 				websocket.FormatCloseMessage(websocket.CloseNormalClosure, "hedged handshake not used"), time.Now().Add(time.Second))
 			_ = hs.conn.Close()
-			o = health.Outcome{Status: hs.resp.StatusCode} // the region was fine
 		}
-		hs.lease.Done(o)
+		hs.a.Done(hs.result())
 	}
 }
 
-// refused answers the client when the region's handshake failed. A region
-// that answered (4xx, 5xx) has its status and body passed on, as Deepgram
+// refused answers the client when the last handshake failed. A region that
+// answered (4xx, 5xx) has its status and body passed on, as Deepgram
 // clients expect to read them; one that could not be reached is a 502/504.
-func (s *wsRelay) refused(w http.ResponseWriter, r *http.Request, x *exchange, up *Upstream, resp *http.Response, err error) {
-	x.err = err
-	if resp != nil && errors.Is(err, websocket.ErrBadHandshake) {
-		x.release(health.Outcome{Status: resp.StatusCode, Latency: time.Since(x.attempt)})
+func (s *wsRelay) refused(w http.ResponseWriter, r *http.Request, x *exchange, hs *handshake) {
+	res := hs.result()
+	hs.a.Done(res)
+	x.err = attemptErr(hs.a, hs.err)
+	if res.Status != 0 {
+		resp := hs.resp
 		h := w.Header()
 		for _, k := range []string{"Content-Type", "Retry-After", "Dg-Request-Id", "Dg-Error"} {
 			if v := resp.Header.Get(k); v != "" {
@@ -399,11 +400,10 @@ func (s *wsRelay) refused(w http.ResponseWriter, r *http.Request, x *exchange, u
 		w.WriteHeader(resp.StatusCode)
 		n, _ := io.Copy(w, resp.Body) // gorilla keeps at most 1 KiB of it
 		x.bytesOut = n
-		s.h.logAccess(r, x, up)
+		s.h.logAccess(r, x, x.up)
 		return
 	}
-	e := upstreamError(r.Context(), up.Name, err)
-	x.release(health.Outcome{Err: err, ClientGone: e.status == StatusClientClosed})
+	e := upstreamError(r.Context(), x.up.Name, x.err)
 	x.setRouteHeaders(w.Header())
 	s.h.reject(w, r, x, e)
 }
@@ -431,6 +431,14 @@ type stream struct {
 	idleTimer *time.Timer
 	idled     atomic.Bool // closed for idleness
 
+	// The region leg's liveness: see checkRegion.
+	ping         time.Duration // 0: no pings
+	heard        atomic.Int64  // unix nanos of the last message or pong from the region
+	pinged       atomic.Bool   // a ping is out and nothing has been heard since
+	pingTimer    *time.Timer
+	regionFailed atomic.Bool // the region dropped the stream or stopped answering
+	ended        atomic.Bool // run has returned
+
 	kind        string // the API path, which says how the stream can be drained
 	regionName  string
 	regionWrite sync.Mutex // serialises data messages to the region (pump and drain)
@@ -444,7 +452,7 @@ type pumpStats struct {
 }
 
 func newStream(client, region *websocket.Conn, o Options, kind string) *stream {
-	st := &stream{client: client, region: region, grace: o.CloseGrace, idle: o.StreamIdle, kind: kind}
+	st := &stream{client: client, region: region, grace: o.CloseGrace, idle: o.StreamIdle, kind: kind, ping: o.RegionPing}
 	if st.grace <= 0 {
 		st.grace = 5 * time.Second
 	}
@@ -457,6 +465,10 @@ func newStream(client, region *websocket.Conn, o Options, kind string) *stream {
 	noop := func(int, string) error { return nil }
 	client.SetCloseHandler(noop)
 	region.SetCloseHandler(noop)
+	region.SetPongHandler(func(string) error {
+		st.heardRegion()
+		return nil
+	})
 	return st
 }
 
@@ -467,6 +479,11 @@ func (st *stream) run() {
 		st.idleTimer = time.AfterFunc(st.idle, st.checkIdle)
 		defer st.idleTimer.Stop()
 	}
+	if st.ping > 0 {
+		st.heardRegion()
+		st.pingTimer = time.AfterFunc(st.ping, st.checkRegion)
+		defer st.pingTimer.Stop()
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -474,6 +491,7 @@ func (st *stream) run() {
 	}()
 	st.clientToRegion()
 	<-done
+	st.ended.Store(true)
 	_ = st.client.Close()
 	_ = st.region.Close()
 }
@@ -558,6 +576,9 @@ func (st *stream) regionToClient() {
 			st.regionEnded(err)
 			return
 		}
+		if st.ping > 0 {
+			st.heardRegion()
+		}
 		if st.clientLost.Load() {
 			// Drain: nobody to deliver to, but the region must finish.
 			_, err = io.Copy(io.Discard, rd)
@@ -606,6 +627,7 @@ func (st *stream) regionEnded(err error) {
 			// region that drops after the client closed has also finished.
 			st.closeClient(websocket.CloseNormalClosure, "")
 		} else {
+			st.regionFailed.Store(true)
 			st.closeClient(websocket.CloseInternalServerErr, "region connection lost")
 		}
 	}
@@ -669,6 +691,44 @@ func (st *stream) drain() {
 		}
 	}
 	st.closeStreamSent.Store(true)
+}
+
+// heardRegion notes that the region is alive.
+func (st *stream) heardRegion() {
+	st.heard.Store(time.Now().UnixNano())
+	st.pinged.Store(false)
+}
+
+// checkRegion runs on the ping timer. A region that has sent nothing for
+// the ping interval is pinged; one that still has sent nothing, not even
+// the pong, an interval later is hung: the stream ends (see lost). A hung
+// region is found within two intervals of its last message.
+func (st *stream) checkRegion() {
+	if st.ended.Load() {
+		return
+	}
+	since := time.Since(time.Unix(0, st.heard.Load()))
+	switch {
+	case since < st.ping:
+		st.pingTimer.Reset(st.ping - since)
+	case !st.pinged.Load():
+		st.pinged.Store(true)
+		_ = st.region.WriteControl(websocket.PingMessage, nil, time.Now().Add(st.ping))
+		st.pingTimer.Reset(st.ping)
+	default:
+		st.lost("region " + st.regionName + " stopped answering (no pong within " + st.ping.String() + ")")
+	}
+}
+
+// lost ends a stream whose region is hung or declared down: the client gets
+// 1011 with the reason at once, and the region's socket is cut, so nothing
+// waits on it. (Moving the stream to another region instead is the next
+// step: the session keeps the client and replaces this leg.)
+func (st *stream) lost(reason string) {
+	st.regionFailed.Store(true)
+	st.closeClient(websocket.CloseInternalServerErr, reason)
+	st.regionClosed.Store(true)
+	_ = st.region.NetConn().Close()
 }
 
 // goAway ends the stream from the router's side: both peers get 1001.

@@ -13,9 +13,10 @@ import (
 
 type benchLoad struct{}
 
-func (benchLoad) InFlight() int          { return 3 }
-func (benchLoad) Capacity() int          { return 100 }
-func (benchLoad) Latency() time.Duration { return 20 * time.Millisecond }
+func (benchLoad) InFlight() int           { return 3 }
+func (benchLoad) Capacity() int           { return 100 }
+func (benchLoad) Latency() time.Duration  { return 20 * time.Millisecond }
+func (benchLoad) Slowdown() time.Duration { return 0 }
 
 // BenchmarkDecision is one full routing decision, as the proxy makes it for
 // every request: the client's address from X-Forwarded-For behind a trusted

@@ -8,8 +8,12 @@
 //   - a client's explicit choice (X-Earshot-Region, when allowed) comes first;
 //   - then the operator's preferences for the client's country or continent;
 //   - then every other region by great-circle distance from the client, with
-//     a region that answers far slower than its distance suggests pushed back
-//     as if it were farther away;
+//     a slow region pushed back as if it were farther away: 100 km for each
+//     millisecond it answers slower than its usual (beyond SlowdownThreshold),
+//     or slower than its distance explains (beyond LatencyAllowance); a
+//     region that probes call degraded goes behind every one that is not.
+//     When that moves the nearest region down, the reason says so
+//     (latency, degraded);
 //   - residency rules remove the regions a client may not use, whatever the
 //     order, so failover can never leave them.
 //
@@ -46,7 +50,10 @@ const (
 	Residency Reason = "residency" // the nearest region the client's residency rule allows
 	Fallback  Reason = "fallback"  // the client could not be located
 	Spillover Reason = "spillover" // a better region was full
-	Failover  Reason = "failover"  // a better region failed
+	Failover  Reason = "failover"  // an attempt at a better region failed, and the request moved
+	Unhealthy Reason = "unhealthy" // a better region is out of rotation (probes, breaker, cooling down)
+	Latency   Reason = "latency"   // a nearer region answers slower than usual, or than its distance explains
+	Degraded  Reason = "degraded"  // a nearer region's health checks say it is degraded
 )
 
 // Load is what routing needs to know of a region's state. A Load that also
@@ -57,6 +64,8 @@ type Load interface {
 	Capacity() int // 0: unlimited
 	// Latency is the smoothed time a region takes to answer; 0 if unknown.
 	Latency() time.Duration
+	// Slowdown is how much slower than its usual the region answers now.
+	Slowdown() time.Duration
 }
 
 // Region is a region as routing sees it.
@@ -94,6 +103,9 @@ type Options struct {
 	// how slow each region may be before it is ranked down.
 	RouterLocation   *Location
 	LatencyAllowance time.Duration
+	// SlowdownThreshold is how much slower than its usual a region may
+	// answer before it is pushed back by the excess.
+	SlowdownThreshold time.Duration
 }
 
 // Errors of Select.
@@ -312,17 +324,28 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 	// The rest by score, insertion-sorted in place (there are few regions).
 	start := len(dst)
 	var scores [MaxRegions]float64
+	nearest, nearestKm := -1, math.Inf(1)
 	for i, r := range t.regions {
 		if taken&(1<<i) != 0 || allowed&(1<<i) == 0 {
 			continue
 		}
-		s := distanceKm(p.Lat, p.Lon, r.Location.Lat, r.Location.Lon) + t.penaltyKm(r)
+		km := distanceKm(p.Lat, p.Lon, r.Location.Lat, r.Location.Lon)
+		if km < nearestKm {
+			nearest, nearestKm = i, km
+		}
+		s := km + t.penaltyKm(r)
 		j := len(dst)
 		dst = append(dst, r)
 		for ; j > start && scores[j-1-start] > s; j-- {
 			dst[j], scores[j-start] = dst[j-1], scores[j-1-start]
 		}
 		dst[j], scores[j-start] = r, s
+	}
+	if start == base && d.Reason == Nearest && nearest >= 0 && len(dst) > start && dst[start] != t.regions[nearest] {
+		d.Reason = Latency
+		if isDegraded(t.regions[nearest]) {
+			d.Reason = Degraded
+		}
 	}
 	d.Candidates = dst
 	return d, nil
@@ -336,15 +359,22 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 // the Earth's circumference, behind every region that is not.
 func (t *Table) penaltyKm(r *Region) float64 {
 	var km float64
-	if d, ok := r.Load.(interface{ Degraded() bool }); ok && d.Degraded() {
+	if isDegraded(r) {
 		km = degradedKm
 	}
-	lat := r.Load.Latency()
-	if lat <= 0 {
-		return km
+	var excess float64
+	if lat := r.Load.Latency(); lat > 0 {
+		excess = float64(lat)/float64(time.Millisecond) - r.expected
 	}
-	excess := float64(lat)/float64(time.Millisecond) - r.expected
+	if slow := r.Load.Slowdown() - t.opts.SlowdownThreshold; slow > 0 {
+		excess = math.Max(excess, float64(slow)/float64(time.Millisecond))
+	}
 	return km + math.Max(0, excess)*kmPerMs
+}
+
+func isDegraded(r *Region) bool {
+	d, ok := r.Load.(interface{ Degraded() bool })
+	return ok && d.Degraded()
 }
 
 // degradedKm is the distance added to a degraded region.

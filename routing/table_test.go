@@ -13,12 +13,13 @@ import (
 // stubLoad is a region's load as the tests set it.
 type stubLoad struct {
 	inFlight, capacity int
-	latency            time.Duration
+	latency, slowdown  time.Duration
 }
 
-func (l *stubLoad) InFlight() int          { return l.inFlight }
-func (l *stubLoad) Capacity() int          { return l.capacity }
-func (l *stubLoad) Latency() time.Duration { return l.latency }
+func (l *stubLoad) InFlight() int           { return l.inFlight }
+func (l *stubLoad) Capacity() int           { return l.capacity }
+func (l *stubLoad) Latency() time.Duration  { return l.latency }
+func (l *stubLoad) Slowdown() time.Duration { return l.slowdown }
 
 // fourRegions returns fresh regions, in configured order, and their loads.
 func fourRegions() ([]*Region, map[string]*stubLoad) {
@@ -373,6 +374,12 @@ func TestSelectLatencyPenalty(t *testing.T) {
 		// 95.4 ms over: +9538 km, 10626 in all: last.
 		{"very slow", 200 * time.Millisecond, []string{"us-east", "ap-south", "us-west", "eu-west"}},
 	}
+	reason := func(want []string) Reason {
+		if want[0] != "eu-west" {
+			return Latency // the nearest was pushed back
+		}
+		return Nearest
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tab, loads := mustTable(t, Options{RouterLocation: usEast, LatencyAllowance: 50 * time.Millisecond})
@@ -382,8 +389,32 @@ func TestSelectLatencyPenalty(t *testing.T) {
 			loads["us-west"].latency = 80 * time.Millisecond
 			loads["ap-south"].latency = 170 * time.Millisecond
 			d, got := selectNames(t, tab, frankfurt)
-			if !slices.Equal(got, tt.want) || d.Reason != Nearest {
-				t.Errorf("got %v, %q; want %v, nearest", got, d.Reason, tt.want)
+			if !slices.Equal(got, tt.want) || d.Reason != reason(tt.want) {
+				t.Errorf("got %v, %q; want %v, %s", got, d.Reason, tt.want, reason(tt.want))
+			}
+		})
+	}
+	// Slower than its own usual: the threshold is 50 ms, and each ms over
+	// it counts 100 km, whatever the region's distance.
+	slowdown := []struct {
+		name     string
+		slowdown time.Duration
+		want     []string
+		reason   Reason
+	}{
+		{"as usual", 0, []string{"eu-west", "us-east", "ap-south", "us-west"}, Nearest},
+		{"within the threshold", 50 * time.Millisecond, []string{"eu-west", "us-east", "ap-south", "us-west"}, Nearest},
+		// 120 ms slower: 70 ms over, +7000 km, 8088 in all.
+		{"120 ms slower", 120 * time.Millisecond, []string{"us-east", "ap-south", "eu-west", "us-west"}, Latency},
+		{"200 ms slower", 200 * time.Millisecond, []string{"us-east", "ap-south", "us-west", "eu-west"}, Latency},
+	}
+	for _, tt := range slowdown {
+		t.Run("slowdown "+tt.name, func(t *testing.T) {
+			tab, loads := mustTable(t, Options{SlowdownThreshold: 50 * time.Millisecond, LatencyAllowance: time.Second})
+			loads["eu-west"].slowdown = tt.slowdown
+			d, got := selectNames(t, tab, frankfurt)
+			if !slices.Equal(got, tt.want) || d.Reason != tt.reason {
+				t.Errorf("got %v, %q; want %v, %s", got, d.Reason, tt.want, tt.reason)
 			}
 		})
 	}

@@ -283,7 +283,7 @@ func TestSlowRegionIsRankedDown(t *testing.T) {
 	if got := routeOf(r.getFrom(de)); got != "eu-west/nearest" {
 		t.Fatalf("first request: %s, want eu-west/nearest (nothing measured yet)", got)
 	}
-	if got := routeOf(r.getFrom(de)); got != "us-east/nearest" {
-		t.Errorf("after eu-west answered in 400ms: %s, want us-east/nearest", got)
+	if got := routeOf(r.getFrom(de)); got != "us-east/latency" {
+		t.Errorf("after eu-west answered in 400ms: %s, want us-east/latency", got)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/earshot/earshot/failover"
 	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/proxy"
 	"github.com/earshot/earshot/routing"
@@ -161,7 +162,12 @@ var (
 	descRetries = prometheus.NewDesc("earshot_retries_total",
 		"Attempts after the first: sent to another region after a failure or a full answer.", nil, nil)
 	descFailovers = prometheus.NewDesc("earshot_failovers_total",
-		"Requests and streams served by a region after a better one failed.", nil, nil)
+		"Requests and stream handshakes that moved to another region after an attempt failed, by the first failure's cause "+
+			"(connect, timeout, region_down, reset, 429, 503, 500, 502, 504).", []string{"cause"}, nil)
+	descCuts = prometheus.NewDesc("earshot_region_capacity_cuts_total",
+		"Times a region's refusal (429/503) lowered its learned capacity; see earshot_region_capacity for where it stands.", []string{"region"}, nil)
+	descSlowdown = prometheus.NewDesc("earshot_region_slowdown_seconds",
+		"How much slower than its usual a region answers its probes now (over routing.slowdown_threshold it is ranked down).", []string{"region"}, nil)
 	descSpillovers = prometheus.NewDesc("earshot_spillovers_total",
 		"Requests and streams served by a region after a better one was full.", nil, nil)
 	descHedges = prometheus.NewDesc("earshot_hedged_handshakes_total",
@@ -176,7 +182,7 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInFlight, descRegionStreams, descCapacity, descConfigured, descInRotation, descHealth,
-		descBreaker, descLatency, descOutcomes, descRetries, descFailovers, descSpillovers, descHedges, descBudget,
+		descBreaker, descLatency, descOutcomes, descRetries, descFailovers, descCuts, descSlowdown, descSpillovers, descHedges, descBudget,
 		descStreams, descReady} {
 		ch <- d
 	}
@@ -212,13 +218,19 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descBreaker, b2f(br == st), r.name, string(st))
 		}
 		gauge(descLatency, h.Latency().Seconds(), r.name)
+		gauge(descSlowdown, h.Slowdown().Seconds(), r.name)
+		counter(descCuts, h.Cuts(), r.name)
 		for k := health.Success; k <= health.Canceled; k++ {
 			counter(descOutcomes, h.Count(k), r.name, k.String())
 		}
 	}
 	st := c.s.proxy.Stats()
 	counter(descRetries, st.Retries)
-	counter(descFailovers, st.Failovers)
+	for _, cause := range failover.Causes() {
+		if cause != failover.CauseCut {
+			counter(descFailovers, c.s.proxy.FailoversBy(cause), cause.String())
+		}
+	}
 	counter(descSpillovers, st.Spillovers)
 	counter(descHedges, st.Hedges)
 	counter(descBudget, st.BudgetDenied)

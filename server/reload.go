@@ -117,6 +117,10 @@ func (s *Server) buildRegion(rc *config.Region, prev *state) (*regionState, erro
 		Capacity:        rc.Capacity,
 		Breaker:         breakerOptions(&s.cfg.Health.Breaker),
 		OnBreakerChange: s.logBreaker(rc.Name),
+		OnCapacityCut: func(c health.CapacityInfo) {
+			s.log.Info("learned capacity cut", zap.String("region", rc.Name), zap.Int("status", c.Status),
+				zap.Int("in_flight", c.Held), zap.Int("capacity", c.CutTo), zap.Int("configured", c.Configured))
+		},
 	})
 	return r, nil
 }

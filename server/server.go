@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/earshot/earshot/config"
+	"github.com/earshot/earshot/failover"
 	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/proxy"
 	"github.com/earshot/earshot/routing"
@@ -114,6 +115,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		Logger:           log,
 		Observer:         s.metrics,
 		StreamIdle:       cfg.Timeouts.StreamIdle,
+		RegionPing:       cfg.Timeouts.RegionPing,
 		ConnectTimeout:   cfg.Timeouts.Connect,
 		ResponseTimeout:  cfg.Timeouts.Response,
 		HandshakeTimeout: cfg.Timeouts.Handshake,
@@ -121,14 +123,16 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		MaxBodyBytes:     int64(cfg.Limits.MaxBodyBytes),
 		MaxMessageBytes:  int64(cfg.Limits.MaxMessageBytes),
 		Retry: proxy.RetryOptions{
-			Attempts:       cfg.Retry.Attempts,
+			Policy: failover.Policy{
+				Attempts:   cfg.Retry.Attempts,
+				Budget:     cfg.Retry.Budget,
+				MinRetries: cfg.Retry.MinRetries,
+				BudgetWait: cfg.Retry.BudgetWait,
+				Deadline:   cfg.Retry.Deadline,
+				HedgeDelay: cfg.Retry.HedgeDelay,
+			},
 			ReplayBytes:    int64(cfg.Retry.ReplayBytes),
-			Budget:         cfg.Retry.Budget,
-			MinRetries:     cfg.Retry.MinRetries,
-			BudgetWait:     cfg.Retry.BudgetWait,
-			Deadline:       cfg.Retry.Deadline,
 			AttemptTimeout: cfg.Retry.AttemptTimeout,
-			HedgeDelay:     cfg.Retry.HedgeDelay,
 		},
 	})
 	s.loaded(cfg)
@@ -178,11 +182,12 @@ func (s *Server) probe(ctx context.Context, r *regionState) {
 // tableOptions translates the routing section for the routing package.
 func tableOptions(rc *config.Routing) routing.Options {
 	o := routing.Options{
-		AllowOverride:    rc.AllowClientOverride,
-		FallbackRegion:   rc.Fallback.Region,
-		PreferCountry:    rc.Prefer.Countries,
-		PreferContinent:  rc.Prefer.Continents,
-		LatencyAllowance: rc.LatencyAllowance,
+		AllowOverride:     rc.AllowClientOverride,
+		FallbackRegion:    rc.Fallback.Region,
+		PreferCountry:     rc.Prefer.Countries,
+		PreferContinent:   rc.Prefer.Continents,
+		LatencyAllowance:  rc.LatencyAllowance,
+		SlowdownThreshold: rc.SlowdownThreshold,
 	}
 	if l := rc.Fallback.Location; l != nil {
 		o.FallbackLocation = &routing.Location{Lat: l.Lat, Lon: l.Lon}
@@ -380,24 +385,37 @@ func (s *Server) adminHandler() http.Handler {
 }
 
 type regionStatus struct {
-	Name       string            `json:"name"`
-	Kind       string            `json:"kind"`
-	URL        string            `json:"url"`
-	State      string            `json:"state"` // one word for people: see regionState.summary
-	InRotation bool              `json:"in_rotation"`
-	Health     string            `json:"health"` // probes: up, degraded, down
-	Breaker    string            `json:"breaker"`
-	CoolingMS  int64             `json:"cooling_ms,omitempty"`
-	LastProbe  *probeStatus      `json:"last_probe,omitempty"`
-	InFlight   int               `json:"in_flight"`
-	Capacity   int               `json:"capacity"`
-	Configured int               `json:"configured_capacity"`
-	RegionLoad int               `json:"region_active"` // the region's own count, from its probes
-	LatencyMS  float64           `json:"latency_ms"`
-	Outcomes   map[string]uint64 `json:"outcomes"`
-	SimMode    string            `json:"sim_mode,omitempty"`
-	Location   config.Location   `json:"location"`
-	Peak       Peak              `json:"peak"` // over window_seconds
+	Name       string       `json:"name"`
+	Kind       string       `json:"kind"`
+	URL        string       `json:"url"`
+	State      string       `json:"state"` // one word for people: see regionState.summary
+	InRotation bool         `json:"in_rotation"`
+	Health     string       `json:"health"` // probes: up, degraded, down
+	Breaker    string       `json:"breaker"`
+	CoolingMS  int64        `json:"cooling_ms,omitempty"`
+	LastProbe  *probeStatus `json:"last_probe,omitempty"`
+	InFlight   int          `json:"in_flight"`
+	Capacity   int          `json:"capacity"`
+	Configured int          `json:"configured_capacity"`
+	// Why the capacity is what it is: "configured", or recovering from a
+	// refusal (capacity_cut: when, to what, with how much in flight).
+	CapacityReason string            `json:"capacity_reason"`
+	CapacityCut    *capacityCut      `json:"capacity_cut,omitempty"`
+	CapacityCuts   uint64            `json:"capacity_cuts"`
+	SlowdownMS     float64           `json:"slowdown_ms"`   // probe round trip now over its usual
+	RegionLoad     int               `json:"region_active"` // the region's own count, from its probes
+	LatencyMS      float64           `json:"latency_ms"`
+	Outcomes       map[string]uint64 `json:"outcomes"`
+	SimMode        string            `json:"sim_mode,omitempty"`
+	Location       config.Location   `json:"location"`
+	Peak           Peak              `json:"peak"` // over window_seconds
+}
+
+type capacityCut struct {
+	At     time.Time `json:"at"`
+	To     int       `json:"to"`
+	Held   int       `json:"held"`
+	Status int       `json:"status"`
 }
 
 type probeStatus struct {
@@ -448,8 +466,13 @@ func (r *regionState) status(draining bool) regionStatus {
 		InRotation: h.InRotation() && !draining, Health: state.String(), Breaker: string(h.Breaker()),
 		CoolingMS: h.CoolingFor().Milliseconds(),
 		InFlight:  h.InFlight(), Capacity: h.Capacity(), Configured: h.Configured(),
-		RegionLoad: h.ReportedActive(), LatencyMS: ms(h.Latency()),
-		Outcomes: map[string]uint64{}, Location: r.cfg.Location,
+		RegionLoad: h.ReportedActive(), LatencyMS: ms(h.Latency()), SlowdownMS: ms(h.Slowdown()),
+		Outcomes: map[string]uint64{}, Location: r.cfg.Location, CapacityCuts: h.Cuts(),
+	}
+	ci := h.CapacityInfo()
+	st.CapacityReason = ci.Reason()
+	if !ci.CutAt.IsZero() {
+		st.CapacityCut = &capacityCut{At: ci.CutAt, To: ci.CutTo, Held: ci.Held, Status: ci.Status}
 	}
 	if !last.At.IsZero() {
 		st.LastProbe = &probeStatus{At: last.At, OK: last.OK, SystemHealth: last.Health, Error: last.Err, LatencyMS: ms(last.Latency)}
@@ -504,7 +527,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 		Regions       []regionStatus `json:"regions"`
 		Draining      []regionStatus `json:"draining"`
 		Flows         []Flow         `json:"flows"`
-		Failover      proxy.Stats    `json:"failover"`
+		Failover      failover.Stats `json:"failover"`
 	}{
 		Config: cs, StreamsOpen: s.proxy.OpenStreams(), WindowSeconds: int(flowWindow / time.Second),
 		Regions: []regionStatus{}, Draining: []regionStatus{},
