@@ -231,6 +231,13 @@ func (t *httpAttempt) RoundTrip(out *http.Request) (*http.Response, error) {
 		a := t.a
 		t.timer = time.AfterFunc(d, func() { a.Cancel(errAttemptTimeout) })
 	}
+	if t.x.replay != nil {
+		// ReverseProxy wraps the body, which hides that it is in memory:
+		// net/http would then flush the headers alone and copy the body
+		// through a fresh 32 KiB buffer. A bytes.Reader goes out with the
+		// headers in one write.
+		out.Body = io.NopCloser(bytes.NewReader(t.x.replay))
+	}
 	resp, err := t.f.base.RoundTrip(out)
 	if t.timer != nil {
 		t.timer.Stop()

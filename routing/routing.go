@@ -341,7 +341,7 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 		}
 		dst[j], scores[j-start] = r, s
 	}
-	if start == base && d.Reason == Nearest && nearest >= 0 && len(dst) > start && dst[start] != t.regions[nearest] {
+	if start == base && (d.Reason == Nearest || d.Reason == Fallback) && nearest >= 0 && len(dst) > start && dst[start] != t.regions[nearest] {
 		d.Reason = Latency
 		if isDegraded(t.regions[nearest]) {
 			d.Reason = Degraded
