@@ -145,7 +145,7 @@ type Run struct {
 	failed      Cause
 	attempts    []*Attempt
 	slots       int // budget slots held
-	ended       bool
+	settled     bool
 }
 
 // Begin starts a run for a request that arrived at start. ctx is the
@@ -294,19 +294,28 @@ func (r *Run) Fail(a *Attempt, res Result) Verdict {
 	return v
 }
 
-// End releases every attempt still held and the run's budget slots.
-func (r *Run) End() {
-	if r.ended {
+// Settle ends the run's search for a region: its budget slots are given
+// back and it no longer counts as a request in progress for the budget.
+// A stream calls it once its handshake is done, so that a stream that
+// lives for minutes does not hold a retry slot all that time; its lease
+// is kept until End.
+func (r *Run) Settle() {
+	if r.settled {
 		return
 	}
-	r.ended = true
-	for _, a := range r.attempts {
-		a.Release()
-	}
+	r.settled = true
 	for r.slots > 0 {
 		r.giveBack()
 	}
 	r.e.inProgress.Add(-1)
+}
+
+// End settles the run and releases every attempt still held.
+func (r *Run) End() {
+	r.Settle()
+	for _, a := range r.attempts {
+		a.Release()
+	}
 }
 
 // admit leases the next region that takes the attempt, or returns nil.

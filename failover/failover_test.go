@@ -538,6 +538,26 @@ func TestRetryBudget(t *testing.T) {
 		r2.End()
 		f.idle(t)
 	})
+	t.Run("an established stream holds no slot", func(t *testing.T) {
+		f := newFleet(2, 100)
+		e := New(Policy{Attempts: 3, Deadline: time.Minute, Budget: 0, MinRetries: 1, HedgeDelay: time.Second})
+		stream := e.Begin(t.Context(), Plan{Regions: f}, time.Now())
+		stream.First()
+		if stream.Hedge() == nil {
+			t.Fatal("the hedge was denied")
+		}
+		stream.Settle() // the handshake is done; the stream lives on
+		if e.RetriesInProgress() != 0 {
+			t.Errorf("%d slots held by an established stream", e.RetriesInProgress())
+		}
+		other := e.Begin(t.Context(), Plan{Regions: f}, time.Now())
+		if n := other.Retry(other.First(), Result{Status: 503}, true); n == nil {
+			t.Error("a retry was denied while a stream that once hedged is open")
+		}
+		other.End()
+		stream.End()
+		f.idle(t)
+	})
 	t.Run("a retry waits for a slot", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFleet(2, 100)

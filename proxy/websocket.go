@@ -98,6 +98,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	offered := websocket.Subprotocols(r)
 
 	won, lost := s.connect(r, x, run)
+	run.Settle() // the handshake's retries are over, whatever the stream's length
 	if won == nil {
 		if lost == nil {
 			s.h.reject(w, r, x, x.noRegion())
