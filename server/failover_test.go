@@ -454,3 +454,65 @@ health:
 		t.Errorf("clients saw errors: %v %v", reqs.failures, streams.failures)
 	}
 }
+
+// TestHedgeWinsAfterFirstFails is the review's lease bug over real sockets:
+// us-east refuses the handshake (503) while the hedged handshake to us-west
+// is still on its way, and the hedge wins. us-east's lease must come back
+// (its in-flight count was stuck at 1 before the failover engine), and its
+// failure is counted once.
+func TestHedgeWinsAfterFirstFails(t *testing.T) {
+	r := startRouter(t, `
+log: {level: info}
+retry: {hedge_delay: 100ms}
+health: {probe: {disable: true}}
+regions:
+  - {name: us-east, url: sim://us-east, location: {lat: 39.04, lon: -77.49}, sim: {latency: 300ms, full_status: 503, mode: refuse}}
+  - {name: us-west, url: sim://us-west, location: {lat: 45.60, lon: -121.18}, sim: {latency: 600ms}}
+`)
+	c, resp, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := routeOf(resp); got != "us-west/failover" {
+		t.Errorf("served by %s, want us-west/failover", got)
+	}
+	east := r.srv.live().regions[0].health
+	// us-east answered 503 at about 300ms, us-west at about 700ms: the
+	// stream is open on us-west and us-east holds nothing.
+	if n := east.InFlight(); n != 0 {
+		t.Errorf("us-east holds %d after its refused handshake, want 0", n)
+	}
+	if n := east.Count(health.Failure); n != 1 {
+		t.Errorf("us-east failures %d, want 1", n)
+	}
+	if st := r.srv.proxy.Stats(); st.Hedges != 1 || st.ByCause["503"] != 1 {
+		t.Errorf("stats %+v, want one hedge and one failover after a 503", st)
+	}
+}
+
+// TestDroppedStreamCountsAgainstRegion is the review's other bug: a region
+// that accepts a stream and then drops it was recorded as a success.
+func TestDroppedStreamCountsAgainstRegion(t *testing.T) {
+	r := startRouter(t, failoverRegions(""))
+	c, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	east := r.srv.live().regions[0].health
+	r.srv.Sim("us-east").SetMode(sim.ModeDie)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		if _, _, err := c.ReadMessage(); err != nil {
+			if !websocket.IsCloseError(err, websocket.CloseInternalServerErr) {
+				t.Errorf("stream ended with %v, want 1011", err)
+			}
+			break
+		}
+	}
+	waitFor(t, "the stream's lease to come back", func() bool { return east.InFlight() == 0 })
+	if s, f := east.Count(health.Success), east.Count(health.Failure); s != 1 || f != 1 {
+		t.Errorf("us-east outcomes: %d successes, %d failures; want the handshake's success and the drop's failure", s, f)
+	}
+}

@@ -51,7 +51,7 @@ function renderRegions(regions) {
     const meter = el("span", { class: "meter" + (load >= 1 ? " over" : load >= 0.8 ? " busy" : "") }, el("span"));
     meter.firstChild.style.width = Math.min(100, load * 100).toFixed(1) + "%";
     const loadText = r.capacity > 0 ? `${r.in_flight} / ${r.capacity}` : `${r.in_flight} / unlimited`;
-    const capNote = r.capacity !== r.configured_capacity ? ` (configured ${r.configured_capacity})` : "";
+    const capNote = r.capacity !== r.configured_capacity ? ` (configured ${r.configured_capacity}; ${r.capacity_reason})` : "";
     let probe = "not yet";
     if (r.last_probe) {
       probe = (r.last_probe.ok ? r.health : (r.last_probe.error || r.health)) + ", " + ago(r.last_probe.at);
@@ -62,7 +62,7 @@ function renderRegions(regions) {
       el("td", { text: r.name }),
       el("td", {}, el("span", { class: "state state-" + r.state, text: r.state })),
       el("td", {}, meter, el("span", { class: "load-text", text: loadText + capNote })),
-      el("td", { class: "num", text: r.latency_ms.toFixed(1) + " ms" }),
+      el("td", { class: "num", text: r.latency_ms.toFixed(1) + " ms" + (r.slowdown_ms >= 1 ? ` (+${r.slowdown_ms.toFixed(0)} ms over usual)` : "") }),
       el("td", { class: r.last_probe && !r.last_probe.ok ? "error" : "", text: probe }),
       el("td", { text: breaker }),
       el("td", { text: outcomes })));
@@ -121,8 +121,9 @@ function render(st) {
   renderFlows(st.flows, all, st.window_seconds);
   const fo = st.failover;
   renderList("failover", [
-    ["retries", fo.retries], ["failovers", fo.failovers], ["spillovers", fo.spillovers],
-    ["hedged handshakes", fo.hedges], ["retries over budget", fo.budget_denied]]);
+    ["retries", fo.retries], ["failovers", fo.failovers],
+    ...Object.entries(fo.failovers_by_cause || {}).map(([c, n]) => ["· after " + c, n]),
+    ["spillovers", fo.spillovers], ["hedged handshakes", fo.hedges], ["retries over budget", fo.budget_denied]]);
   const cfg = [["file", st.config.path], ["loaded", new Date(st.config.loaded_at).toLocaleString()], ["reloads", st.config.reloads]];
   if (st.config.last_error) cfg.push(["last reload failed", st.config.last_error, "error"]);
   renderList("config", cfg);
