@@ -70,6 +70,8 @@ const (
 	mxStreamEnd = 5 * time.Second
 	// mxReroute bounds how long a slow region keeps (or goes without) new work.
 	mxReroute = 10 * time.Second
+	// mxRecovered bounds how long a region healthy again goes without work.
+	mxRecovered = 5 * time.Second
 )
 
 // mxRegions are failoverRegions' four regions: us-east is first for an
@@ -411,11 +413,23 @@ func mxPrerecordedRefused(t *testing.T, e *mxEnv, f mxFault) {
 		t.Logf("%s: %v", what, rep)
 	}
 	t.Logf("request times after the fault: %v (healthy: %v); failovers by cause %v", took, base.Round(time.Millisecond), e.r.srv.proxy.Stats().ByCause)
-	if f.name != "killed" {
-		return
+	if f.name == "killed" {
+		mxSkipsKnownDown(t, e, faultAt)
 	}
-	// Once us-east is known to be down, requests skip it: they say
-	// unhealthy and are not failovers.
+	// Healthy again: us-east takes traffic within 5 s.
+	e.proxies[0].Set(chaos.Pass())
+	e.sims[0].SetMode(sim.ModeOK)
+	back, d, ok := e.pollUntil(t, "after the fault ended", func(r mxReply) bool { return r.region == "us-east" })
+	if !ok || d > mxRecovered {
+		t.Errorf("us-east took no traffic %v after it was healthy again (last: %v), want within %v", d, back, mxRecovered)
+	} else {
+		t.Logf("us-east took traffic again %v after the fault ended", d.Round(time.Millisecond))
+	}
+}
+
+// mxSkipsKnownDown checks that once us-east is known to be down, requests
+// skip it: they say unhealthy and are not failovers.
+func mxSkipsKnownDown(t *testing.T, e *mxEnv, faultAt time.Time) {
 	if _, ok := mxEventually(5*time.Second, func() bool { return !e.east().InRotation() }); !ok {
 		t.Fatalf("us-east still in rotation %v after the kill", time.Since(faultAt))
 	}
