@@ -146,6 +146,7 @@ type Run struct {
 	attempts    []*Attempt
 	slots       int // budget slots held
 	settled     bool
+	noOver      bool // admit within capacity only (a hedge)
 }
 
 // Begin starts a run for a request that arrived at start. ctx is the
@@ -220,17 +221,22 @@ func (r *Run) First() *Attempt { return r.admit() }
 
 // Retry decides what a failed attempt's Result allows. If res is retryable
 // (Classify), the request can still be replayed, and the policy, deadline
-// and budget allow it, and another region admits it, then a is reported
-// and released and the next attempt returned. Otherwise it returns nil and
-// a is left as it was: its answer is the one the client gets, and the
-// caller reports and releases it.
+// and budget allow it, and another region admits it, then a is reported and
+// the next attempt returned; the caller releases a (after draining its
+// answer, so that the connection can be reused), or End does. Otherwise it
+// returns nil and a is left as it was: its answer is the one the client
+// gets, and the caller reports and releases it.
+//
+// A retry because the region was declared down is not charged to the
+// budget or bounded by the deadline: the router cut the attempt itself,
+// and the replay adds no load that was not already there.
 func (r *Run) Retry(a *Attempt, res Result, replayable bool) *Attempt {
 	res = a.explain(res)
 	v := Classify(res)
 	if !v.Retry || !replayable {
 		return nil
 	}
-	next := r.another()
+	next := r.another(v.Cause != CauseDown, true)
 	if next == nil {
 		return nil
 	}
@@ -238,31 +244,42 @@ func (r *Run) Retry(a *Attempt, res Result, replayable bool) *Attempt {
 		r.failed = v.Cause
 	}
 	next.Reason = routing.Failover
-	a.Done(res)
+	a.Report(res)
 	return next
 }
 
-// Hedge admits an extra attempt while a is still pending, when the policy
-// hedges and the budget allows; nil otherwise.
+// Hedge admits an extra attempt while another is still pending, when the
+// policy hedges and the budget has a slot now (a hedge never waits for
+// one, nor goes over a region's capacity); nil otherwise.
 func (r *Run) Hedge() *Attempt {
 	if r.e.policy.HedgeDelay <= 0 {
 		return nil
 	}
-	next := r.another()
+	r.noOver = true
+	next := r.another(true, false)
+	r.noOver = false
 	if next != nil {
 		r.e.hedges.Add(1)
+		next.Reason = routing.Hedged
 	}
 	return next
 }
 
-// another admits an attempt after the first, within the budget.
-func (r *Run) another() *Attempt {
-	if !r.mayRetry() {
+// another admits an attempt after the first: within the attempt limit,
+// and, when budget is set, within the deadline and the retry budget
+// (waiting for a slot if wait is set).
+func (r *Run) another(budget, wait bool) *Attempt {
+	if len(r.attempts) >= r.e.policy.Attempts || r.ctx.Err() != nil {
+		return nil
+	}
+	if budget && !r.mayRetry(wait) {
 		return nil
 	}
 	next := r.admit()
 	if next == nil {
-		r.giveBack()
+		if budget {
+			r.giveBack()
+		}
 		return nil
 	}
 	r.e.retries.Add(1)
@@ -270,8 +287,12 @@ func (r *Run) another() *Attempt {
 }
 
 // Served records that a's answer is the one the client gets (counted as a
-// failover or a spillover by its reason).
+// failover or a spillover by its reason). A hedge that wins after another
+// attempt failed is a failover. Call it before reading a.Reason.
 func (r *Run) Served(a *Attempt) {
+	if a.Reason == routing.Hedged && r.failed != 0 {
+		a.Reason = routing.Failover
+	}
 	switch a.Reason {
 	case routing.Failover:
 		r.e.failovers.Add(1)
@@ -335,11 +356,19 @@ func (r *Run) admit() *Attempt {
 			r.skippedOut = true
 		}
 	}
-	if r.overTried || r.plan.Confined || len(r.full) == 0 {
+	if r.overTried || r.plan.Confined || r.noOver || len(r.full) == 0 {
 		return nil
 	}
 	r.overTried = true
+	// The least loaded first; a region that asked for no work (429 with
+	// Retry-After) only when nothing else is left.
 	slices.SortStableFunc(r.full, func(a, b int) int {
+		if ba, bb := regions[a].Busy(), regions[b].Busy(); ba != bb {
+			if ba {
+				return 1
+			}
+			return -1
+		}
 		la, lb := regions[a].Load(), regions[b].Load()
 		switch {
 		case la < lb:
@@ -375,12 +404,12 @@ func (r *Run) take(i int, lease *health.Lease) *Attempt {
 	return a
 }
 
-// mayRetry takes a budget slot for another attempt, within the attempt
-// limit and the deadline, waiting up to BudgetWait for the budget.
-func (r *Run) mayRetry() bool {
+// mayRetry takes a budget slot for another attempt, within the deadline,
+// waiting up to BudgetWait for the budget if wait is set.
+func (r *Run) mayRetry(mayWait bool) bool {
 	e, p := r.e, &r.e.policy
 	left := p.Deadline - time.Since(r.start)
-	if len(r.attempts) >= p.Attempts || left <= 0 || r.ctx.Err() != nil {
+	if left <= 0 {
 		return false
 	}
 	var wait *time.Timer
@@ -394,7 +423,7 @@ func (r *Run) mayRetry() bool {
 			}
 			continue
 		}
-		if p.BudgetWait <= 0 {
+		if p.BudgetWait <= 0 || !mayWait {
 			break
 		}
 		if wait == nil {

@@ -152,6 +152,7 @@ func serve(run *Run, s send, replayable bool) (*Attempt, Result) {
 		}
 		res := f(a.Context())
 		if next := run.Retry(a, res, replayable); next != nil {
+			a.Release()
 			a = next
 			continue
 		}
@@ -388,6 +389,7 @@ func handshake(run *Run, s send, hedgeDelay time.Duration) *Attempt {
 				continue
 			}
 			if next := run.Retry(r.a, r.res, true); next != nil {
+				r.a.Release()
 				start(next)
 				continue
 			}
@@ -410,10 +412,11 @@ func TestHandshakes(t *testing.T) {
 		byCause Cause
 	}{
 		{"fast", send{0: answer(101)}, 0, 0, []string{"1/0/0/0", "0/0/0/0"}, 0, routing.Nearest, 0},
+		// A hedge that wins is not a failover: nothing failed.
 		{"hung first region: the hedge wins after the delay", send{1: answer(101)}, 1, time.Second,
-			[]string{"0/0/0/1", "1/0/0/0"}, 1, routing.Failover, 0},
+			[]string{"0/0/0/1", "1/0/0/0"}, 1, routing.Hedged, 0},
 		{"slow first region: the hedge wins", send{0: slow(5*time.Second, 101), 1: slow(100*time.Millisecond, 101)}, 1, 1100 * time.Millisecond,
-			[]string{"0/0/0/1", "1/0/0/0"}, 1, routing.Failover, 0},
+			[]string{"0/0/0/1", "1/0/0/0"}, 1, routing.Hedged, 0},
 		{"refused at once: the next region, no hedge", send{0: answer(503), 1: answer(101)}, 1, 0,
 			[]string{"0/0/1/0", "1/0/0/0"}, 0, routing.Failover, CauseUnavailable},
 		// The review's bug: the first attempt fails while the hedge is
@@ -578,4 +581,60 @@ func TestRetryBudget(t *testing.T) {
 			f.idle(t)
 		})
 	})
+}
+
+// A region declared down cuts every attempt waiting on it at once: their
+// replays are not charged to the retry budget, nor bounded by the deadline
+// (a long transcription may have been running for minutes).
+func TestRegionDownReplaysAreFree(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFleet(2, 1000)
+		e := New(Policy{Attempts: 3, Deadline: 30 * time.Second, Budget: 0, MinRetries: 0})
+		var runs []*Run
+		for range 50 {
+			runs = append(runs, e.Begin(t.Context(), Plan{Regions: f}, time.Now()))
+		}
+		time.Sleep(time.Minute) // the requests have been running past the deadline
+		moved := 0
+		for _, r := range runs {
+			a := r.First()
+			if next := r.Retry(a, Result{Err: health.ErrDown}, true); next != nil && next.Index == 1 {
+				a.Release()
+				moved++
+			}
+		}
+		if moved != 50 {
+			t.Errorf("%d of 50 requests replayed after their region went down, want all", moved)
+		}
+		// An ordinary failure still needs the budget (none here).
+		r := e.Begin(t.Context(), Plan{Regions: f}, time.Now())
+		if next := r.Retry(r.First(), Result{Status: 503}, true); next != nil {
+			t.Error("a 503 was retried with no budget")
+		}
+		r.End()
+		for _, r := range runs {
+			r.End()
+		}
+		f.idle(t)
+	})
+}
+
+// When every region is full, the last resort goes over capacity on the
+// least loaded one, but on a region that asked for no work (429 with
+// Retry-After) only after every other.
+func TestLastResortAvoidsBusyRegions(t *testing.T) {
+	f := newFleet(2, 2)
+	l0, _ := f[0].Admit(false)
+	l0.Done(health.Outcome{Kind: health.Full, Status: 429, RetryAfter: time.Minute}) // r0: busy, empty
+	a1, _ := f[1].Admit(false)
+	b1, _ := f[1].Admit(false) // r1: full, loaded
+	e := New(Policy{Attempts: 3, Deadline: time.Minute})
+	run := e.Begin(t.Context(), Plan{Regions: f}, time.Now())
+	if a := run.First(); a == nil || a.Index != 1 {
+		t.Errorf("last resort went to %+v, want r1 (r0 asked for no work)", a)
+	}
+	run.End()
+	a1.Release()
+	b1.Release()
+	f.idle(t)
 }

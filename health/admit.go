@@ -80,7 +80,7 @@ func (l *Lease) Report(o Outcome) {
 		if o.RetryAfter > 0 {
 			// The region asked for no new work for a while: it counts as
 			// full until then, so work spills over while anywhere has room.
-			r.busy.extend(time.Now().Add(clampDuration(o.RetryAfter, r.opts.Breaker.OpenTimeout)))
+			r.busy.extend(time.Now().Add(clampDuration(o.RetryAfter, maxRetryAfter)))
 		}
 		if r.fullStreak.Add(1) >= int64(r.opts.Breaker.FullStreak) {
 			l.done(errFailed) // full for so long it is sick
@@ -117,6 +117,10 @@ func (l *Lease) Done(o Outcome) {
 	l.Release()
 }
 
+// maxRetryAfter bounds how long a region's Retry-After keeps work away:
+// past it, the region is tried again (and can ask again).
+const maxRetryAfter = 30 * time.Second
+
 // failLater counts a failure found after the attempt was reported a
 // success, as one more attempt through the breaker.
 func (r *Region) failLater() {
@@ -138,6 +142,10 @@ func (r *Region) InRotation() bool { return r.inRotation(time.Now()) }
 // Breaker is the breaker's state.
 func (r *Region) Breaker() BreakerState { return breakerState(r.breaker.Load().State()) }
 
+// Busy reports whether the region asked for no new work (a 429's
+// Retry-After) and that time has not passed.
+func (r *Region) Busy() bool { return r.busy.active(time.Now()) }
+
 // CoolingFor is how long the region stays out after a timeout; 0 when it
 // is not cooling down.
 func (r *Region) CoolingFor() time.Duration { return r.cool.left(time.Now()) }
@@ -150,8 +158,9 @@ func (r *Region) Degraded() bool { return r.probe.degraded() }
 // had declared it down: a closed breaker (the probes have just shown it
 // answers), no cooling down, and a new outage context.
 func (r *Region) recovered() {
-	old := r.breaker.Swap(newBreaker(r.name, r.opts.Breaker, r.opts.OnBreakerChange))
-	if s := old.State(); s != gobreaker.StateClosed && r.opts.OnBreakerChange != nil {
+	s := r.breaker.Load().State() // its due changes are reported while it is current
+	r.breaker.Store(r.newBreaker())
+	if s != gobreaker.StateClosed && r.opts.OnBreakerChange != nil {
 		r.opts.OnBreakerChange(breakerState(s), BreakerClosed)
 	}
 	r.cool.clear()

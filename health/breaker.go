@@ -28,9 +28,9 @@ type BreakerOptions struct {
 	// HalfOpenRequests trial attempts are let through; that many successes
 	// in a row close the breaker, one failure opens it again (3).
 	HalfOpenRequests uint32
-	// FullStreak is how many "full" answers (429, or 503 from a region at
-	// its limit) in a row count as failures: a region that is only full
-	// spills over, one that stays full is treated as sick (20).
+	// FullStreak is how many "full" answers (429s) in a row count as
+	// failures: a region that is only full spills over, one that stays full
+	// is treated as sick (20). A 503 is a failure at once.
 	FullStreak uint32
 }
 

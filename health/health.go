@@ -89,9 +89,21 @@ func NewRegion(name string, capacity int) *Region {
 func New(name string, o Options) *Region {
 	o.Breaker.defaults()
 	r := &Region{name: name, capacity: int64(o.Capacity), opts: o}
-	r.breaker.Store(newBreaker(name, o.Breaker, o.OnBreakerChange))
+	r.breaker.Store(r.newBreaker())
 	r.outage.Store(newOutage())
 	return r
+}
+
+// newBreaker makes a breaker whose changes are reported only while it is
+// the region's (recovered replaces it; leases may still finish on the old).
+func (r *Region) newBreaker() *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	var cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	cb = newBreaker(r.name, r.opts.Breaker, func(from, to BreakerState) {
+		if f := r.opts.OnBreakerChange; f != nil && r.breaker.Load() == cb {
+			f(from, to)
+		}
+	})
+	return cb
 }
 
 // Name is the region's configured name.

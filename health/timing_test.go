@@ -191,8 +191,11 @@ func TestFullAnswersAndTimeouts(t *testing.T) {
 		if _, why := r3.Admit(false); why != RefusedFull {
 			t.Fatalf("admitted (%d) during Retry-After", why)
 		}
+		if !r3.Busy() {
+			t.Fatal("not busy during Retry-After")
+		}
 		if l, why := r3.Admit(true); why != Admitted {
-			t.Fatal("over-capacity admission refused a busy region")
+			t.Fatal("the last resort refused a busy region")
 		} else {
 			l.Done(success)
 		}
@@ -203,10 +206,14 @@ func TestFullAnswersAndTimeouts(t *testing.T) {
 		time.Sleep(time.Millisecond)
 		admit(t, r3).Done(success)
 
-		// A Retry-After is bounded by the breaker's open timeout (3s).
+		// A Retry-After is bounded (30s): past it the region is tried again.
 		r5 := New("r5", Options{})
 		admit(t, r5).Done(tooManyFor(time.Hour))
-		time.Sleep(3 * time.Second)
+		time.Sleep(30*time.Second - time.Millisecond)
+		if _, why := r5.Admit(false); why != RefusedFull {
+			t.Fatalf("admitted (%d) before 30s of an hour's Retry-After", why)
+		}
+		time.Sleep(time.Millisecond)
 		admit(t, r5).Done(success)
 
 		// A timeout keeps the region out for the open timeout at once.

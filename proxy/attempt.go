@@ -33,10 +33,10 @@ func (h *Handler) FailoversBy(c failover.Cause) uint64 { return h.engine.Failove
 // RetriesInProgress is how many retries are running now.
 func (h *Handler) RetriesInProgress() int { return h.engine.RetriesInProgress() }
 
-// decide ranks the regions for r and starts the failover run that walks
-// them. The error is the router's answer; otherwise the caller must End
-// the run.
-func (h *Handler) decide(r *http.Request, x *exchange) (*failover.Run, *apiError) {
+// decide ranks the regions for r, leaving out those in exclude, and starts
+// the failover run that walks them. The error is the router's answer;
+// otherwise the caller must End the run.
+func (h *Handler) decide(r *http.Request, x *exchange, exclude map[string]bool) (*failover.Run, *apiError) {
 	q := routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader)}
 	if x.key != nil && len(x.key.Regions) > 0 {
 		q.Allow, q.AllowRule = x.snap.Table.Mask(x.key.Regions), "key "+x.key.Name
@@ -53,9 +53,15 @@ func (h *Handler) decide(r *http.Request, x *exchange) (*failover.Run, *apiError
 	}
 	x.rule = d.Rule
 	regions := x.regions[:0]
+	kept := d.Candidates[:0]
 	for _, c := range d.Candidates {
+		if exclude[c.Name] {
+			continue
+		}
+		kept = append(kept, c)
 		regions = append(regions, x.snap.Upstreams[c.Name].Health)
 	}
+	d.Candidates = kept
 	x.decision = d
 	return h.engine.Begin(r.Context(), failover.Plan{Regions: regions, Reason: d.Reason, Confined: d.Rule != ""}, x.start), nil
 }

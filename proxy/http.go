@@ -80,7 +80,7 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 		f.h.reject(w, r, x, upstreamError(r.Context(), "", &http.MaxBytesError{Limit: limit}))
 		return
 	}
-	run, apiErr := f.h.decide(r, x)
+	run, apiErr := f.h.decide(r, x, nil)
 	if apiErr != nil {
 		f.h.reject(w, r, x, apiErr)
 		return
@@ -118,7 +118,7 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 	}()
 	replayable := x.replay != nil || r.Body == nil || r.Body == http.NoBody
 	for a != nil {
-		t := &httpAttempt{f: f, x: x, run: run, a: a, up: x.upstream(a), replayable: replayable}
+		t := &httpAttempt{f: f, x: x, run: run, a: a, up: x.upstream(a), replayable: replayable, path: r.URL.Path}
 		a = t.serve(cw, r)
 	}
 }
@@ -131,6 +131,7 @@ type httpAttempt struct {
 	a          *failover.Attempt
 	up         *Upstream
 	replayable bool
+	path       string            // the API path the client asked for
 	timer      *time.Timer       // the attempt timeout, while waiting for headers
 	next       *failover.Attempt // set when the run moves on to another region
 	final      bool              // no other region will be tried
@@ -231,7 +232,7 @@ func (t *httpAttempt) RoundTrip(out *http.Request) (*http.Response, error) {
 		a := t.a
 		t.timer = time.AfterFunc(d, func() { a.Cancel(errAttemptTimeout) })
 	}
-	if t.x.replay != nil {
+	if len(t.x.replay) > 0 {
 		// ReverseProxy wraps the body, which hides that it is in memory:
 		// net/http would then flush the headers alone and copy the body
 		// through a fresh 32 KiB buffer. A bytes.Reader goes out with the
@@ -239,8 +240,11 @@ func (t *httpAttempt) RoundTrip(out *http.Request) (*http.Response, error) {
 		out.Body = io.NopCloser(bytes.NewReader(t.x.replay))
 	}
 	resp, err := t.f.base.RoundTrip(out)
-	if t.timer != nil {
-		t.timer.Stop()
+	if t.timer != nil && !t.timer.Stop() && resp != nil {
+		// The timeout fired as the headers came: the attempt's context is
+		// cancelled, so its body would be cut. It timed out.
+		_ = resp.Body.Close()
+		return nil, errAttemptTimeout
 	}
 	return resp, err
 }
@@ -250,14 +254,15 @@ func (t *httpAttempt) RoundTrip(out *http.Request) (*http.Response, error) {
 func (t *httpAttempt) modifyResponse(resp *http.Response) error {
 	x, a := t.x, t.a
 	res := failover.Result{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header)}
-	if measuresLatency(resp.Request.URL.Path) {
+	if measuresLatency(t.path) {
 		res.Latency = time.Since(a.Start)
 	}
 	if t.next = t.run.Retry(a, res, t.replayable); t.next != nil {
-		drain(resp.Body)
+		drain(resp.Body) // before the attempt ends, so the connection is kept
+		a.Release()
 		return errMovedOn
 	}
-	if t.replayable && answerWhole(resp) {
+	if t.replayable && answerWhole(t.path, resp) {
 		// A transcript is useful only whole: read it before anything goes
 		// to the client, so a region that breaks off mid-answer costs a
 		// retry rather than a broken response.
@@ -265,6 +270,7 @@ func (t *httpAttempt) modifyResponse(resp *http.Response) error {
 		if err != nil {
 			res := failover.Result{Err: err} // nothing reached the client: as if no answer came
 			if t.next = t.run.Retry(a, res, true); t.next != nil {
+				a.Release()
 				return errMovedOn
 			}
 			t.final = true
@@ -272,8 +278,8 @@ func (t *httpAttempt) modifyResponse(resp *http.Response) error {
 		}
 		resp.Body = body
 	}
-	x.serving(a)
 	t.run.Served(a)
+	x.serving(a)
 	h := resp.Header
 	x.setRouteHeaders(h)
 	h.Set("X-Request-Id", x.id)
@@ -297,6 +303,7 @@ func (t *httpAttempt) errorHandler(w http.ResponseWriter, r *http.Request, err e
 	res := failover.Result{Err: err}
 	if !t.final {
 		if t.next = t.run.Retry(a, res, t.replayable); t.next != nil {
+			a.Release()
 			return
 		}
 	}
@@ -464,10 +471,8 @@ const wholeAnswerBytes = 1 << 20
 // answerWhole reports whether a region's answer is read whole before it is
 // passed on: pre-recorded transcription and text intelligence answer with
 // one JSON document, useful only complete; speech and model lists stream.
-func answerWhole(resp *http.Response) bool {
-	p := resp.Request.URL.Path
-	return (strings.HasSuffix(p, "/v1/listen") || strings.HasSuffix(p, "/v1/read")) &&
-		resp.ContentLength <= wholeAnswerBytes
+func answerWhole(path string, resp *http.Response) bool {
+	return (path == "/v1/listen" || path == "/v1/read") && resp.ContentLength <= wholeAnswerBytes
 }
 
 // readWhole reads an answer of n bytes (-1: unknown) into memory. An

@@ -54,6 +54,7 @@ const (
 	Unhealthy Reason = "unhealthy" // a better region is out of rotation (probes, breaker, cooling down)
 	Latency   Reason = "latency"   // a nearer region answers slower than usual, or than its distance explains
 	Degraded  Reason = "degraded"  // a nearer region's health checks say it is degraded
+	Hedged    Reason = "hedged"    // a better region was slow to accept a stream; a hedged handshake here won
 )
 
 // Load is what routing needs to know of a region's state. A Load that also

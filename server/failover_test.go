@@ -391,8 +391,8 @@ retry: {hedge_delay: 50ms}
 	took := time.Since(start)
 	c.Close()
 	t.Logf("hedged handshake took %v", took)
-	if got := routeOf(resp); got != "us-west/failover" {
-		t.Errorf("served by %s, want us-west/failover", got)
+	if got := routeOf(resp); got != "us-west/hedged" {
+		t.Errorf("served by %s, want us-west/hedged", got)
 	}
 	if took >= time.Second {
 		t.Errorf("the handshake took %v: it waited for the slow region", took)
