@@ -85,6 +85,14 @@ type Retry struct {
 	// the other closed. Default 1s (a hung region costs a new stream about
 	// that much); 0 turns hedging off.
 	HedgeDelay time.Duration `yaml:"hedge_delay"`
+	// ResumeLog is how much audio past its last final result an open
+	// /v1/listen stream of raw audio keeps, to move to another region
+	// without losing a word if its own is lost (30s of 16 kHz linear16 mono
+	// is 960 KB; a stream holds only what its region has not yet covered
+	// with a final, usually a few seconds). A stream that goes longer
+	// without a final is no longer resumable. Default 30s; 0 turns moving
+	// streams off.
+	ResumeLog time.Duration `yaml:"resume_log"`
 }
 
 func (c *Config) healthDefaults() {
@@ -108,6 +116,9 @@ func (c *Config) healthDefaults() {
 	setDefault(&r.Budget, 0.2)
 	setDefault(&r.MinRetries, 3)
 	setDefault(&r.Deadline, 30*time.Second)
+	if !c.has("retry.resume_log") {
+		r.ResumeLog = 30 * time.Second
+	}
 	if !c.has("retry.hedge_delay") {
 		r.HedgeDelay = time.Second
 	}
@@ -147,8 +158,8 @@ func (c *Config) validateHealth() error {
 		return c.errorf("retry.budget", "%v is outside [0, 1]", r.Budget)
 	case r.MinRetries < 0:
 		return c.errorf("retry.min_retries", "must not be negative")
-	case r.Deadline < 0 || r.HedgeDelay < 0 || r.AttemptTimeout < 0 || r.BudgetWait < 0:
-		return c.errorf("retry", "deadline, attempt_timeout, budget_wait and hedge_delay must not be negative")
+	case r.Deadline < 0 || r.HedgeDelay < 0 || r.AttemptTimeout < 0 || r.BudgetWait < 0 || r.ResumeLog < 0:
+		return c.errorf("retry", "deadline, attempt_timeout, budget_wait, hedge_delay and resume_log must not be negative")
 	}
 	return nil
 }

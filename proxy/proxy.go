@@ -76,6 +76,11 @@ type Options struct {
 	// long is pinged, and ended as hung if it still says nothing after as
 	// long again; 0: never.
 	RegionPing time.Duration
+	// ResumeLog is how much audio an open /v1/listen stream keeps, past its
+	// last final, to move to another region if its own is lost; a stream
+	// that goes longer without a final is no longer resumable. 0: streams
+	// are not moved.
+	ResumeLog time.Duration
 
 	MaxBodyBytes    int64 // HTTP request bodies
 	MaxMessageBytes int64 // WebSocket messages, either way
@@ -91,13 +96,14 @@ type Options struct {
 
 // Handler is the router's data path. It is an http.Handler.
 type Handler struct {
-	opts   Options
-	log    *zap.Logger
-	snap   atomic.Pointer[Snapshot]
-	http   httpForwarder
-	ws     wsRelay
-	routes map[string]route
-	engine *failover.Engine
+	opts    Options
+	log     *zap.Logger
+	snap    atomic.Pointer[Snapshot]
+	http    httpForwarder
+	ws      wsRelay
+	routes  map[string]route
+	engine  *failover.Engine
+	resumes resumeStats
 
 	mu      sync.Mutex
 	closing bool                 // Shutdown has begun
@@ -179,7 +185,7 @@ func (h *Handler) OpenStreamsByRegion() map[string]int {
 	defer h.mu.Unlock()
 	n := make(map[string]int)
 	for st := range h.streams {
-		n[st.regionName]++
+		n[st.leg().name]++
 	}
 	return n
 }

@@ -66,7 +66,7 @@ const (
 	// mxHedged bounds a stream handshake while the first region hangs.
 	mxHedged = 2 * time.Second
 	// mxStreamEnd bounds how long an open stream on a dead or hung region
-	// may go on before the client is told.
+	// may go without its words.
 	mxStreamEnd = 5 * time.Second
 	// mxReroute bounds how long a slow region keeps (or goes without) new work.
 	mxReroute = 10 * time.Second
@@ -106,8 +106,7 @@ type mxOpen int
 
 const (
 	mxUnaffected mxOpen = iota // every word and 1000
-	mxCut                      // 1011 and a reason within mxStreamEnd
-	mxStalled                  // 1011 "stopped answering" within mxStreamEnd
+	mxMoved                    // moved to another region: every word and 1000
 )
 
 type mxFault struct {
@@ -136,13 +135,13 @@ func mxRefuse(e *mxEnv) { e.sims[0].SetMode(sim.ModeRefuse) }
 
 func mxFaults() []mxFault {
 	return []mxFault{
-		{name: "killed", kind: mxRefused, inflict: mxChaos(chaos.Kill()), open: mxCut},
-		{name: "hung", kind: mxHung, inflict: mxChaos(chaos.Hang()), open: mxStalled},
+		{name: "killed", kind: mxRefused, inflict: mxChaos(chaos.Kill()), open: mxMoved},
+		{name: "hung", kind: mxHung, inflict: mxChaos(chaos.Hang()), open: mxMoved},
 		{name: "503-storm", kind: mxRefused, east: sim.Options{FullStatus: 503}, inflict: mxRefuse, refusing: true},
 		{name: "429", kind: mxRefused, east: sim.Options{FullStatus: 429}, inflict: mxRefuse, refusing: true},
 		{name: "500", kind: mxRefused, east: sim.Options{FullStatus: 500}, inflict: mxRefuse, refusing: true},
 		{name: "250ms-slower", kind: mxSlow, inflict: mxChaos(chaos.Slow(250 * time.Millisecond))},
-		{name: "flapping", kind: mxFlapping, inflict: mxChaos(chaos.Kill()), open: mxCut},
+		{name: "flapping", kind: mxFlapping, inflict: mxChaos(chaos.Kill()), open: mxMoved},
 		// 10 bytes cuts the status line; 250 is past the ~185 bytes of
 		// headers of a keep-alive answer, inside its 733-byte body (for a
 		// stream: past the ~186-byte 101, inside the first frame).
@@ -758,16 +757,13 @@ func mxNewStream(t *testing.T, f mxFault) {
 			}
 			t.Logf("%s: %v", what, s)
 			if f.cutAfterHandshake {
+				// Cut inside the first frame after the 101: the stream is
+				// open on us-east and moves to another region.
 				if s.region != "us-east" {
 					t.Errorf("%s: %v, want the handshake to complete on us-east", what, s)
 				}
-				_ = s.send(mxPCM)
-				if !s.ended(mxStreamEnd) {
-					t.Errorf("%s: still open %v after its region was cut: a silent stall", what, mxStreamEnd)
-					continue
-				}
-				if code, reason, _, _, err := s.end(); code != websocket.CloseInternalServerErr || reason == "" {
-					t.Errorf("%s: ended with %d %q (%v), want 1011 and a reason", what, code, reason, err)
+				if err := s.finish(0); err != nil {
+					t.Errorf("%s: %v: %v", what, s, err)
 				}
 				continue
 			}
@@ -889,80 +885,74 @@ func mxOpenStream(t *testing.T, f mxFault) {
 		} else {
 			t.Logf("the stream open on us-east completed %v after the fault", time.Since(faultAt).Round(time.Millisecond))
 		}
-	case mxCut, mxStalled:
-		// The client keeps talking; it may find the stream closed under it.
-		_ = s.send(mxPCM[half:])
+	case mxMoved:
+		// The stream moves to another region: the client keeps its
+		// socket and gets every word once, then 1000.
 		if f.kind == mxFlapping {
 			for _, fl := range []chaos.Fault{chaos.Pass(), chaos.Kill(), chaos.Pass()} {
 				e.proxies[0].Set(fl)
 			}
 		}
-		select {
-		case <-s.all:
-			_ = s.closeStream()
-		case <-s.done:
-		case <-time.After(time.Until(faultAt.Add(mxStreamEnd))):
+		if err := s.finish(half); err != nil {
+			t.Errorf("the stream open on us-east through the fault: %v", err)
+		} else {
+			t.Logf("the stream open on us-east moved and completed %v after the fault", time.Since(faultAt).Round(time.Millisecond))
 		}
-		if !s.ended(time.Until(faultAt.Add(mxStreamEnd))) {
-			code, reason, words, _, _ := s.end()
-			t.Fatalf("the stream is still open %v after the fault (words %q, %d %q): a silent stall", time.Since(faultAt), words, code, reason)
-		}
-		code, reason, words, at, err := s.end()
-		took := at.Sub(faultAt)
-		t.Logf("the stream open on us-east ended %v after the fault: %d %q (words before: %q)", took.Round(time.Millisecond), code, reason, words)
-		// For now a stream whose region dies ends with 1011; the next step
-		// moves it to another region instead (and this becomes "unaffected").
-		if code != websocket.CloseInternalServerErr || reason == "" {
-			t.Errorf("the stream ended with %d %q (%v), want 1011 and a reason", code, reason, err)
-		}
-		if f.open == mxStalled && !strings.Contains(reason, "stopped answering") {
-			t.Errorf("close reason %q, want it to say the region stopped answering", reason)
-		}
-		if took > mxStreamEnd {
-			t.Errorf("the stream ended %v after the fault, want within %v", took, mxStreamEnd)
-		}
-		if f.open == mxStalled {
-			if _, ok := mxEventually(5*time.Second, func() bool { return e.r.srv.proxy.OpenStreams() == 0 }); !ok {
-				t.Errorf("the router still relays %d streams after the hung one ended", e.r.srv.proxy.OpenStreams())
-			}
+		if mv := e.r.srv.proxy.Resumes(); len(mv.Moves) == 0 {
+			t.Errorf("no stream was moved: %+v", mv)
 		}
 	}
 }
 
 // TestRegionPingFindsHungStream checks the stream's own watch, without
-// probes: a region leg that goes silent is pinged after region_ping, and
-// the stream ends 1011 when no pong comes within as long again; the region
-// is charged a failure.
+// probes: a region leg that goes silent is pinged after region_ping and
+// lost when no pong comes within as long again; the region is charged a
+// failure. A stream that can move (raw audio) moves; one that cannot ends
+// 1011 saying why.
 func TestRegionPingFindsHungStream(t *testing.T) {
-	e := newMxEnvWith(t, sim.Options{}, "health: {probe: {disable: true}}\ntimeouts: {region_ping: 200ms}")
-	s, err := e.dial(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	half := len(mxPCM) / 2
-	if err := s.send(mxPCM[:half]); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-s.first:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no result before the hang")
-	}
-	e.proxies[0].Set(chaos.Hang())
-	hungAt := time.Now()
-	_ = s.send(mxPCM[half:])
-	if !s.ended(5 * time.Second) {
-		t.Fatal("the stream on the hung region is still open after 5s")
-	}
-	code, reason, _, at, _ := s.end()
-	t.Logf("ended %v after the hang: %d %q", at.Sub(hungAt).Round(time.Millisecond), code, reason)
-	if code != websocket.CloseInternalServerErr || !strings.Contains(reason, "no pong") {
-		t.Errorf("ended with %d %q, want 1011 saying no pong came", code, reason)
-	}
-	if took := at.Sub(hungAt); took > time.Second {
-		t.Errorf("found %v after the hang, want within two ping intervals (400ms) and some slack", took)
-	}
-	if _, ok := mxEventually(5*time.Second, func() bool { return e.east().Count(health.Failure) == 1 }); !ok {
-		t.Errorf("us-east failures %d, want the hung stream counted once", e.east().Count(health.Failure))
+	for _, tt := range []struct {
+		name   string
+		resume string
+	}{{"moves", "30s"}, {"cannot move", "0s"}} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newMxEnvWith(t, sim.Options{}, "health: {probe: {disable: true}}\ntimeouts: {region_ping: 200ms}\nretry: {resume_log: "+tt.resume+"}")
+			s, err := e.dial(t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			half := len(mxPCM) / 2
+			if err := s.send(mxPCM[:half]); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-s.first:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no result before the hang")
+			}
+			e.proxies[0].Set(chaos.Hang())
+			hungAt := time.Now()
+			if tt.resume != "0s" {
+				if err := s.finish(half); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("every word back %v after the hang", time.Since(hungAt).Round(time.Millisecond))
+			} else {
+				_ = s.send(mxPCM[half:])
+				if !s.ended(5 * time.Second) {
+					t.Fatal("the stream on the hung region is still open after 5s")
+				}
+				code, reason, _, at, _ := s.end()
+				t.Logf("ended %v after the hang: %d %q", at.Sub(hungAt).Round(time.Millisecond), code, reason)
+				if code != websocket.CloseInternalServerErr || !strings.Contains(reason, "no pong") {
+					t.Errorf("ended with %d %q, want 1011 saying no pong came", code, reason)
+				}
+				if took := at.Sub(hungAt); took > time.Second {
+					t.Errorf("found %v after the hang, want within two ping intervals (400ms) and some slack", took)
+				}
+			}
+			if _, ok := mxEventually(5*time.Second, func() bool { return e.east().Count(health.Failure) == 1 }); !ok {
+				t.Errorf("us-east failures %d, want the hung stream counted once", e.east().Count(health.Failure))
+			}
+		})
 	}
 }

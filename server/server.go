@@ -116,6 +116,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		Observer:         s.metrics,
 		StreamIdle:       cfg.Timeouts.StreamIdle,
 		RegionPing:       cfg.Timeouts.RegionPing,
+		ResumeLog:        cfg.Retry.ResumeLog,
 		ConnectTimeout:   cfg.Timeouts.Connect,
 		ResponseTimeout:  cfg.Timeouts.Response,
 		HandshakeTimeout: cfg.Timeouts.Handshake,

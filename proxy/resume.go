@@ -1,0 +1,450 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// What it takes to move an open /v1/listen stream to another region without
+// losing or repeating a word (see stream.resume):
+//
+//   - the audio the region has not yet covered with a final result: a log
+//     of the client's audio, trimmed at the end of the last final;
+//   - offsets in audio time, from bytes delivered and the encoding's byte
+//     rate, never the wall clock: the new region hears the log from the
+//     last final's end, so its time 0 is that point of the stream;
+//   - a rewrite of what the new region sends: every timestamp shifted by
+//     that offset, SpeechStarted and UtteranceEnd the client already has
+//     dropped, and Metadata's duration made the whole stream's;
+//   - the control state to re-send: a Finalize not yet answered, a
+//     CloseStream not yet answered with Metadata.
+
+// audioFormat is raw audio's layout, from the stream's query.
+type audioFormat struct {
+	rate     int // samples per second
+	channels int
+	width    int // bytes per sample
+}
+
+func (f audioFormat) frame() int64 { return int64(f.channels * f.width) }
+
+// bytesAt is the byte offset of time t (seconds), on a frame boundary.
+func (f audioFormat) bytesAt(t float64) int64 {
+	return int64(math.Round(t*float64(f.rate))) * f.frame()
+}
+
+// seconds is the time at byte offset n.
+func (f audioFormat) seconds(n int64) float64 { return float64(n/f.frame()) / float64(f.rate) }
+
+// rawFormat reads the audio format of a /v1/listen query. Only raw
+// encodings can be resumed at any point: a container (WAV, Ogg, WebM, MP3)
+// carries its header only at the start.
+func rawFormat(rawQuery string) (audioFormat, bool) {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return audioFormat{}, false
+	}
+	f := audioFormat{channels: 1}
+	switch strings.ToLower(q.Get("encoding")) {
+	case "linear16":
+		f.width = 2
+	case "linear32":
+		f.width = 4
+	case "mulaw", "alaw":
+		f.width = 1
+	default:
+		return audioFormat{}, false
+	}
+	if f.rate, err = strconv.Atoi(q.Get("sample_rate")); err != nil || f.rate <= 0 || f.rate > 384000 {
+		return audioFormat{}, false
+	}
+	if c := q.Get("channels"); c != "" {
+		if f.channels, err = strconv.Atoi(c); err != nil || f.channels < 1 || f.channels > 64 {
+			return audioFormat{}, false
+		}
+	}
+	return f, true
+}
+
+// utteranceEnd is the stream's UtteranceEnd silence, in seconds; 0 when the
+// stream gets none (it needs interim_results).
+func utteranceEnd(rawQuery string) float64 {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil || q.Get("interim_results") != "true" {
+		return 0
+	}
+	ms, err := strconv.Atoi(q.Get("utterance_end_ms"))
+	if err != nil || ms <= 0 {
+		return 0
+	}
+	return float64(ms) / 1000
+}
+
+// resumeLog keeps the client's audio from the end of the last final on.
+type resumeLog struct {
+	buf   []byte
+	start int64 // stream offset of buf[0]
+	limit int   // most bytes held; past it the stream cannot be resumed
+	over  bool
+}
+
+// end is the stream offset just past the audio delivered so far.
+func (l *resumeLog) end() int64 { return l.start + int64(len(l.buf)) }
+
+func (l *resumeLog) append(p []byte) {
+	if l.over {
+		l.start += int64(len(p))
+		return
+	}
+	if len(l.buf)+len(p) > l.limit {
+		// Too much audio without a final: give up on resuming this
+		// stream rather than hold more.
+		l.over = true
+		l.start += int64(len(l.buf) + len(p))
+		l.buf = nil
+		return
+	}
+	if len(l.buf)+len(p) > cap(l.buf) && l.buf != nil {
+		// Compact into a buffer sized for what is held, not what was.
+		nb := make([]byte, len(l.buf), max(2*(len(l.buf)+len(p)), 16<<10))
+		copy(nb, l.buf)
+		l.buf = nb
+	}
+	l.buf = append(l.buf, p...)
+}
+
+// trim drops the audio before stream offset to.
+func (l *resumeLog) trim(to int64) {
+	if to <= l.start {
+		return
+	}
+	n := min(to-l.start, int64(len(l.buf)))
+	l.buf = l.buf[n:]
+	l.start += n
+	if len(l.buf) == 0 {
+		l.buf = l.buf[:0:0] // let the old array go
+	}
+}
+
+// listenTrack is what the relay learns of a /v1/listen stream as messages
+// pass, for resuming it: stream offsets in bytes, times in seconds of the
+// client's time.
+type listenTrack struct {
+	format      audioFormat
+	utterance   float64 // utterance_end_ms, in seconds; 0: no UtteranceEnd
+	replayed    bool    // the current leg heard a replay: rewrite what it sends
+	offset      float64 // the current leg's time 0 in the client's time
+	finalEnd    map[int]float64
+	finalizes   []int64 // stream offsets of Finalizes not answered yet
+	metaSeen    bool    // the region answered CloseStream with Metadata
+	lastSpeech  float64 // the last SpeechStarted passed on
+	lastUtter   float64 // the last UtteranceEnd passed on
+	lastWordEnd float64 // the end of the last word in a final passed on
+	lastChannel []int
+	utterOwed   bool // an UtteranceEnd the lost region would have sent
+}
+
+// finalResult is what the relay reads of a final.
+type finalResult struct {
+	IsFinal      bool    `json:"is_final"`
+	FromFinalize bool    `json:"from_finalize"`
+	Start        float64 `json:"start"`
+	Duration     float64 `json:"duration"`
+	ChannelIndex []int   `json:"channel_index"`
+	Channel      struct {
+		Alternatives []struct {
+			Words []struct {
+				Start float64 `json:"start"`
+				End   float64 `json:"end"`
+			} `json:"words"`
+		} `json:"alternatives"`
+	} `json:"channel"`
+}
+
+// watermark is the stream offset up to which every channel has its finals.
+func (t *listenTrack) watermark() int64 {
+	if len(t.finalEnd) == 0 {
+		return 0
+	}
+	w := math.Inf(1)
+	for _, e := range t.finalEnd {
+		w = math.Min(w, e)
+	}
+	return t.format.bytesAt(w)
+}
+
+// resumed prepares for a leg that hears the log from stream offset start.
+func (t *listenTrack) resumed(start int64) {
+	t.replayed = true
+	t.offset = t.format.seconds(start)
+	t.metaSeen = false
+	// An UtteranceEnd for a word before the replay cannot come from the new
+	// region, which never hears that word: it is owed, and sent when the
+	// new region's messages show the silence after it was long enough.
+	t.utterOwed = t.utterance > 0 && t.lastWordEnd > t.lastUtter
+}
+
+// shift passes a message from the current leg on in the client's time. It
+// returns the messages to send in its place, in order (none for one the
+// client already has: a SpeechStarted or UtteranceEnd replayed). It also
+// tracks finals, for the watermark, and Metadata.
+func (t *listenTrack) shift(typ string, msg []byte, out [][]byte) [][]byte {
+	switch typ {
+	case "Results", "UtteranceEnd", "SpeechStarted", "Metadata":
+	default:
+		return append(out, msg)
+	}
+	if !t.replayed {
+		// The first leg: nothing to rewrite; only finals are read.
+		switch typ {
+		case "Results":
+			t.observeFinal(msg)
+		case "Metadata":
+			t.metaSeen = true
+		case "SpeechStarted":
+			t.lastSpeech = numberAt(msg, "timestamp")
+		case "UtteranceEnd":
+			t.lastUtter = numberAt(msg, "last_word_end")
+		}
+		return append(out, msg)
+	}
+	var m map[string]any
+	d := json.NewDecoder(bytes.NewReader(msg))
+	d.UseNumber()
+	if d.Decode(&m) != nil {
+		return append(out, msg) // not ours to judge: pass it on
+	}
+	// When the new region shows audio past the owed UtteranceEnd's moment,
+	// with no word before it, the UtteranceEnd goes first (or right after a
+	// final that ends exactly then, as an engine orders them).
+	owedBefore, owedAfter := false, false
+	due := t.timeAt(t.lastWordEnd + t.utterance)
+	switch typ {
+	case "Results":
+		first := t.shiftResults(m)
+		end := t.timeAt(t.number(m, "start") + t.number(m, "duration"))
+		if t.utterOwed {
+			switch {
+			case first >= 0 && first < due:
+				t.utterOwed = false // speech came back first: none is owed
+			case first >= 0 || end > due:
+				owedBefore = true
+			case end == due && m["is_final"] == true:
+				owedAfter = true
+			}
+		}
+	case "UtteranceEnd":
+		v := t.shiftField(m, "last_word_end")
+		if v <= t.lastUtter {
+			return out
+		}
+		t.lastUtter = v
+		t.utterOwed = false
+	case "SpeechStarted":
+		v := t.shiftField(m, "timestamp")
+		if t.utterOwed {
+			if v >= due {
+				owedBefore = true
+			} else {
+				t.utterOwed = false
+			}
+		}
+		if v <= t.lastSpeech {
+			return t.owed(out, owedBefore)
+		}
+		t.lastSpeech = v
+	case "Metadata":
+		if v := t.shiftField(m, "duration"); t.utterOwed && v >= due {
+			owedBefore = true
+		}
+		t.metaSeen = true
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		b = msg
+	}
+	out = t.owed(out, owedBefore)
+	out = append(out, b)
+	if typ == "Results" {
+		t.observeFinal(b)
+	}
+	return t.owed(out, owedAfter)
+}
+
+// owed appends the owed UtteranceEnd when now is set.
+func (t *listenTrack) owed(out [][]byte, now bool) [][]byte {
+	if !now || !t.utterOwed {
+		return out
+	}
+	t.utterOwed = false
+	t.lastUtter = t.lastWordEnd
+	ch := t.lastChannel
+	if ch == nil {
+		ch = []int{0, t.format.channels}
+	}
+	b, _ := json.Marshal(struct {
+		Type        string  `json:"type"`
+		Channel     []int   `json:"channel"`
+		LastWordEnd float64 `json:"last_word_end"`
+	}{"UtteranceEnd", ch, t.lastWordEnd})
+	return append(out, b)
+}
+
+// shiftResults shifts a Results message's times and returns its first
+// word's start, or -1 without words.
+func (t *listenTrack) shiftResults(m map[string]any) float64 {
+	t.shiftField(m, "start")
+	first := -1.0
+	ch, _ := m["channel"].(map[string]any)
+	alts, _ := ch["alternatives"].([]any)
+	for ai, a := range alts {
+		am, _ := a.(map[string]any)
+		words, _ := am["words"].([]any)
+		for wi, w := range words {
+			if wm, ok := w.(map[string]any); ok {
+				s := t.shiftField(wm, "start")
+				t.shiftField(wm, "end")
+				if ai == 0 && wi == 0 {
+					first = s
+				}
+			}
+		}
+	}
+	return first
+}
+
+// number reads m[k] as a number (after shifting); 0 if absent.
+func (t *listenTrack) number(m map[string]any, k string) float64 {
+	n, _ := m[k].(json.Number)
+	v, _ := n.Float64()
+	return v
+}
+
+// observeFinal notes where a final (in the client's time) ends, and its
+// last word.
+func (t *listenTrack) observeFinal(msg []byte) {
+	if !bytes.Contains(msg, []byte(`"is_final":true`)) && !bytes.Contains(msg, []byte(`"is_final": true`)) {
+		return
+	}
+	var r finalResult
+	if json.Unmarshal(msg, &r) != nil || !r.IsFinal {
+		return
+	}
+	ch := 0
+	if len(r.ChannelIndex) > 0 {
+		ch = r.ChannelIndex[0]
+		t.lastChannel = r.ChannelIndex
+	}
+	if t.finalEnd == nil {
+		t.finalEnd = make(map[int]float64, 1)
+	}
+	t.finalEnd[ch] = t.timeAt(r.Start + r.Duration)
+	if alts := r.Channel.Alternatives; len(alts) > 0 && len(alts[0].Words) > 0 {
+		t.lastWordEnd = alts[0].Words[len(alts[0].Words)-1].End
+	}
+	if r.FromFinalize && len(t.finalizes) > 0 {
+		t.finalizes = t.finalizes[1:]
+	}
+}
+
+// timeAt snaps a time to the audio's sample grid when it lies on it, so
+// that sums of shifted times stay exact.
+func (t *listenTrack) timeAt(v float64) float64 {
+	rate := float64(t.format.rate)
+	if s := math.Round(v * rate); math.Abs(v*rate-s) < 1e-6 {
+		return s / rate
+	}
+	return v
+}
+
+// shiftField adds the leg's offset to m[k], a number, and returns the
+// result. Times on the sample grid are shifted in samples, so that they
+// are exactly what the engine would have said without the move.
+func (t *listenTrack) shiftField(m map[string]any, k string) float64 {
+	n, ok := m[k].(json.Number)
+	if !ok {
+		return 0
+	}
+	v, err := n.Float64()
+	if err != nil {
+		return 0
+	}
+	rate := float64(t.format.rate)
+	var out float64
+	if s, off := math.Round(v*rate), math.Round(t.offset*rate); math.Abs(v*rate-s) < 1e-6 && math.Abs(t.offset*rate-off) < 1e-6 {
+		out = (s + off) / rate
+	} else {
+		out = math.Round((v+t.offset)*1e6) / 1e6
+	}
+	m[k] = json.Number(strconv.FormatFloat(out, 'f', -1, 64))
+	return out
+}
+
+// numberAt reads a top-level number field of a small message; 0 if absent.
+func numberAt(msg []byte, k string) float64 {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(msg, &m) != nil {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(string(m[k]), 64)
+	return v
+}
+
+// Resume results, for metrics.
+const (
+	resumeOK       = "ok"
+	resumeNoRegion = "no_region"
+	resumeLogFull  = "log_full"
+)
+
+// errLogFull: the stream's audio since its last final outgrew the log.
+var errLogFull = errors.New("the resume log is full")
+
+// resumeStats counts streams moved between regions.
+type resumeStats struct {
+	mu       sync.Mutex
+	byRoute  map[ResumeKey]uint64
+	replayed float64       // seconds of audio replayed
+	waited   time.Duration // leg loss to the new leg's replay, summed
+}
+
+// ResumeKey names a move: from a region, to one ("" when none could take
+// the stream), with its result.
+type ResumeKey struct{ From, To, Result string }
+
+func (s *resumeStats) record(from, to, result string, took time.Duration, replayed float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byRoute == nil {
+		s.byRoute = map[ResumeKey]uint64{}
+	}
+	s.byRoute[ResumeKey{from, to, result}]++
+	s.replayed += replayed
+	s.waited += took
+}
+
+// ResumeStats are the counts of streams moved between regions.
+type ResumeStats struct {
+	Moves           map[ResumeKey]uint64
+	ReplayedSeconds float64
+	WaitedSeconds   float64 // leg loss to the replay on the new region, summed
+}
+
+// Resumes returns the counts of streams moved between regions.
+func (h *Handler) Resumes() ResumeStats {
+	s := &h.resumes
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := ResumeStats{Moves: make(map[ResumeKey]uint64, len(s.byRoute)), ReplayedSeconds: s.replayed, WaitedSeconds: s.waited.Seconds()}
+	for k, v := range s.byRoute {
+		out.Moves[k] = v
+	}
+	return out
+}

@@ -1,0 +1,288 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/earshot/earshot/internal/chaos"
+	"github.com/earshot/earshot/sim"
+)
+
+// resumeWords are laid out over 6 s with short and long silences, so that
+// a stream has finals at endpoints, utterance ends after the long ones and
+// words being spoken at most instants.
+var resumeWords = []sim.Word{
+	{Text: "one", Start: 0.10, End: 0.40}, {Text: "two", Start: 0.45, End: 0.80},
+	{Text: "three", Start: 1.00, End: 1.35}, {Text: "four", Start: 2.60, End: 2.90},
+	{Text: "five", Start: 2.95, End: 3.30}, {Text: "six", Start: 3.31, End: 3.70},
+	{Text: "seven", Start: 4.00, End: 4.45}, {Text: "eight", Start: 5.60, End: 5.85},
+	{Text: "nine", Start: 5.90, End: 6.20}, {Text: "ten", Start: 6.25, End: 6.60},
+}
+
+const resumeQuery = "/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true&utterance_end_ms=1000&vad_events=true&endpointing=100"
+
+// A step of a stream's script: send audio chunk i, or a control message,
+// or kill the region the stream is on (kill, killAfterFinal: once the
+// client has its first final).
+type step struct {
+	chunk      int // >= 0: send that 100 ms chunk
+	control    string
+	kill       bool
+	afterFinal bool    // wait for a final first
+	heard      float64 // wait until results have covered this much audio
+}
+
+// runScript plays a script on one stream through the router and returns
+// what the client saw of it, normalised: finals, UtteranceEnd,
+// SpeechStarted and Metadata with every timestamp, in order, and the close.
+func runScript(t *testing.T, e *mxEnv, pcm []byte, script []step) []string {
+	t.Helper()
+	c, resp, err := mxDialer.Dial(e.r.ws(resumeQuery), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if resp.Header.Get("X-Earshot-Region") != "us-east" {
+		t.Fatalf("stream opened on %s, want us-east", resp.Header.Get("X-Earshot-Region"))
+	}
+	var (
+		mu     sync.Mutex
+		seen   []string
+		heard  float64 // the end of the latest result, interim or final
+		finals = make(chan struct{}, 64)
+		done   = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for {
+			_, data, err := c.ReadMessage()
+			if err != nil {
+				mu.Lock()
+				seen = append(seen, "close "+err.Error())
+				mu.Unlock()
+				return
+			}
+			var r struct {
+				Start, Duration float64
+			}
+			_ = json.Unmarshal(data, &r)
+			mu.Lock()
+			heard = max(heard, r.Start+r.Duration)
+			mu.Unlock()
+			if line, final := normalise(t, data); line != "" {
+				mu.Lock()
+				seen = append(seen, line)
+				mu.Unlock()
+				if final {
+					finals <- struct{}{}
+				}
+			}
+		}
+	}()
+	const chunk = 3200
+	for _, s := range script {
+		switch {
+		case s.kill:
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				mu.Lock()
+				h := heard
+				mu.Unlock()
+				if h >= s.heard-1e-9 || time.Now().After(deadline) {
+					break
+				}
+				runtime.Gosched()
+			}
+			if s.afterFinal {
+				select {
+				case <-finals:
+				case <-time.After(5 * time.Second):
+					t.Fatal("no final to kill after")
+				}
+			}
+			e.proxies[0].Set(chaos.Kill())
+		case s.control != "":
+			if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"`+s.control+`"}`)); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			from := s.chunk * chunk
+			if err := c.WriteMessage(websocket.BinaryMessage, pcm[from:min(from+chunk, len(pcm))]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stream did not end 20s after CloseStream")
+	}
+	e.proxies[0].Set(chaos.Pass())
+	mu.Lock()
+	defer mu.Unlock()
+	return seen
+}
+
+// normalise turns a server message into a comparable line, or "" for
+// messages that may differ between runs (interim results). It reports
+// whether the message was a final.
+func normalise(t *testing.T, data []byte) (string, bool) {
+	var head struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		t.Errorf("unreadable message %s: %v", data, err)
+		return "", false
+	}
+	switch head.Type {
+	case "Results":
+		var m struct {
+			IsFinal      bool    `json:"is_final"`
+			SpeechFinal  bool    `json:"speech_final"`
+			FromFinalize bool    `json:"from_finalize"`
+			Start        float64 `json:"start"`
+			Duration     float64 `json:"duration"`
+			ChannelIndex []int   `json:"channel_index"`
+			Channel      struct {
+				Alternatives []struct {
+					Transcript string `json:"transcript"`
+					Words      []struct {
+						Word  string  `json:"word"`
+						Start float64 `json:"start"`
+						End   float64 `json:"end"`
+					} `json:"words"`
+				} `json:"alternatives"`
+			} `json:"channel"`
+		}
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Errorf("unreadable Results %s: %v", data, err)
+			return "", false
+		}
+		if !m.IsFinal {
+			return "", false
+		}
+		tr, words := "", []string{}
+		if len(m.Channel.Alternatives) > 0 {
+			tr = m.Channel.Alternatives[0].Transcript
+			for _, w := range m.Channel.Alternatives[0].Words {
+				words = append(words, fmt.Sprintf("%s@%v-%v", w.Word, w.Start, w.End))
+			}
+		}
+		return fmt.Sprintf("final start=%v duration=%v speech_final=%v from_finalize=%v channel=%v %q [%s]",
+			m.Start, m.Duration, m.SpeechFinal, m.FromFinalize, m.ChannelIndex, tr, strings.Join(words, " ")), true
+	case "UtteranceEnd", "SpeechStarted", "Metadata":
+		var m struct {
+			LastWordEnd float64 `json:"last_word_end"`
+			Timestamp   float64 `json:"timestamp"`
+			Duration    float64 `json:"duration"`
+			Channels    int     `json:"channels"`
+		}
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Errorf("unreadable %s %s: %v", head.Type, data, err)
+			return "", false
+		}
+		switch head.Type {
+		case "UtteranceEnd":
+			return fmt.Sprintf("utterance_end last_word_end=%v", m.LastWordEnd), false
+		case "SpeechStarted":
+			return fmt.Sprintf("speech_started timestamp=%v", m.Timestamp), false
+		}
+		return fmt.Sprintf("metadata duration=%v channels=%v", m.Duration, m.Channels), false
+	}
+	return "", false
+}
+
+// TestResumeIsExact kills the stream's region at every 100 ms of a 7 s
+// stream (mid-word and mid-silence), just after a final, during a Finalize
+// and after CloseStream: the stream moves to another region, and the client
+// gets exactly what a run without the fault gives, every timestamp
+// included, and 1000.
+func TestResumeIsExact(t *testing.T) {
+	e := newMxEnvWith(t, sim.Options{}, `
+health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_requests: 1000000}}
+`)
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	chunks := (len(pcm) + 3199) / 3200
+	audio := func(from, to int) []step {
+		var s []step
+		for i := from; i < to; i++ {
+			s = append(s, step{chunk: i})
+		}
+		return s
+	}
+	withKill := func(script []step, at int, kill step) []step {
+		out := append([]step{}, script[:at]...)
+		out = append(out, kill)
+		return append(out, script[at:]...)
+	}
+	closeStream := step{chunk: -1, control: "CloseStream"}
+	plain := append(audio(0, chunks), closeStream)
+	withFinalize := append(append(append(audio(0, 28), step{chunk: -1, control: "Finalize"}), audio(28, chunks)...), closeStream)
+
+	baseline := runScript(t, e, pcm, plain)
+	t.Logf("without a fault: %d messages, last %q", len(baseline), baseline[len(baseline)-1])
+	if !strings.HasPrefix(baseline[len(baseline)-1], "close websocket: close 1000") {
+		t.Fatalf("the baseline stream ended %q", baseline[len(baseline)-1])
+	}
+	finalizeBase := runScript(t, e, pcm, withFinalize)
+
+	type tcase struct {
+		name   string
+		script []step
+		want   []string
+	}
+	var cases []tcase
+	// The region has heard every word ending before the kill.
+	heardBy := func(ms int) float64 {
+		h := 0.0
+		for _, w := range resumeWords {
+			if w.End*1000 < float64(ms) { // a word ending at ms is heard with the next chunk
+				h = w.End
+			}
+		}
+		return h
+	}
+	for k := 1; k < chunks; k++ {
+		cases = append(cases, tcase{fmt.Sprintf("killed after %dms", k*100), withKill(plain, k, step{chunk: -1, kill: true, heard: heardBy(k * 100)}), baseline})
+	}
+	cases = append(cases,
+		tcase{"killed just after a final", withKill(plain, 15, step{chunk: -1, kill: true, afterFinal: true}), baseline},
+		tcase{"killed during Finalize", withKill(withFinalize, 29, step{chunk: -1, kill: true}), finalizeBase},
+		tcase{"killed after CloseStream", append(append([]step{}, plain...), step{chunk: -1, kill: true}), baseline},
+	)
+	moved := 0
+	for _, tc := range cases {
+		before := len(e.r.srv.proxy.Resumes().Moves)
+		began := time.Now()
+		got := runScript(t, e, pcm, tc.script)
+		if took := time.Since(began); took > time.Second {
+			t.Logf("%s took %v", tc.name, took.Round(time.Millisecond))
+		}
+		if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+			t.Errorf("%s: the client saw\n  %s\nwant\n  %s", tc.name, strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+		}
+		if n := e.r.srv.proxy.Resumes().Moves; len(n) > before || sumMoves(n) > 0 {
+			moved = int(sumMoves(n))
+		}
+	}
+	t.Logf("%d scripts, %d moves", len(cases), moved)
+	if moved < len(cases)/2 {
+		t.Errorf("only %d of %d killed streams moved", moved, len(cases))
+	}
+}
+
+func sumMoves[K comparable](m map[K]uint64) uint64 {
+	var n uint64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
