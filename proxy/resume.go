@@ -407,34 +407,62 @@ const (
 // errLogFull: the stream's audio since its last final outgrew the log.
 var errLogFull = errors.New("the resume log is full")
 
+// Resume describes a stream's move between regions, for a ResumeObserver.
+type Resume struct {
+	From, To string // To is "" when no region could take the stream
+	// Result is "ok", "no_region" (no region could take it) or
+	// "log_full" (its audio since the last final outgrew the log: the
+	// stream could not move; To is "").
+	Result string
+	// Gap is the time from the leg's loss to the next message the client
+	// got from the new region (0 if none came, or the move failed).
+	Gap time.Duration
+	// Replayed is the audio sent again, in seconds.
+	Replayed float64
+}
+
+// A ResumeObserver (an Observer that also has this method) is told of
+// every stream move. It must be quick and safe for concurrent use.
+type ResumeObserver interface {
+	ObserveResume(Resume)
+}
+
+// resumed counts a move and tells the observer, if it listens.
+func (h *Handler) resumed(r Resume) {
+	h.resumes.record(r)
+	if o, ok := h.opts.Observer.(ResumeObserver); ok {
+		o.ObserveResume(r)
+	}
+}
+
 // resumeStats counts streams moved between regions.
 type resumeStats struct {
 	mu       sync.Mutex
 	byRoute  map[ResumeKey]uint64
 	replayed float64       // seconds of audio replayed
-	waited   time.Duration // leg loss to the new leg's replay, summed
+	waited   time.Duration // leg loss to the new leg's first message, summed
 }
 
 // ResumeKey names a move: from a region, to one ("" when none could take
 // the stream), with its result.
 type ResumeKey struct{ From, To, Result string }
 
-func (s *resumeStats) record(from, to, result string, took time.Duration, replayed float64) {
+func (s *resumeStats) record(r Resume) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.byRoute == nil {
 		s.byRoute = map[ResumeKey]uint64{}
 	}
-	s.byRoute[ResumeKey{from, to, result}]++
-	s.replayed += replayed
-	s.waited += took
+	s.byRoute[ResumeKey{r.From, r.To, r.Result}]++
+	s.replayed += r.Replayed
+	s.waited += r.Gap
 }
 
 // ResumeStats are the counts of streams moved between regions.
 type ResumeStats struct {
 	Moves           map[ResumeKey]uint64
 	ReplayedSeconds float64
-	WaitedSeconds   float64 // leg loss to the replay on the new region, summed
+	WaitedSeconds   float64 // leg loss to the next message from the new region, summed
 }
 
 // Resumes returns the counts of streams moved between regions.

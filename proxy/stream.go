@@ -118,6 +118,8 @@ type resumeState struct {
 	track   listenTrack
 	tried   map[string]bool // regions lost by this stream: not tried again
 	resumes int
+	moving  *Resume   // a move waiting for the new region's first message
+	lostAt  time.Time // when the leg being replaced was lost
 }
 
 type pumpStats struct {
@@ -201,6 +203,10 @@ func (st *stream) run() {
 // finish settles every leg with its region: a leg lost is one more
 // failure for it, and every lease comes back.
 func (st *stream) finish() {
+	if rs := st.resume; rs != nil && rs.moving != nil {
+		st.h.resumed(*rs.moving) // no message came after the move
+		rs.moving = nil
+	}
 	for _, l := range st.legs {
 		l.stop()
 		if l.failed.Load() {
@@ -297,7 +303,11 @@ func (st *stream) fromClientResumable(mt int, rd io.Reader) error {
 			}
 		}
 	} else if len(msg) > 0 {
-		rs.log.append(msg)
+		over := rs.log.over
+		if rs.log.append(msg); rs.log.over && !over {
+			// Too long without a final: the stream can no longer move.
+			st.h.resumed(Resume{From: st.leg().name, Result: resumeLogFull})
+		}
 	}
 	st.up.messages++
 	st.up.bytes += int64(len(msg))
@@ -415,6 +425,11 @@ func (st *stream) fromRegionResumable(rd io.Reader) error {
 	rs.log.trim(rs.track.watermark())
 	st.mu.Unlock()
 	st.outBuf = out[:0]
+	if mv := rs.moving; mv != nil && len(out) > 0 {
+		rs.moving = nil
+		mv.Gap = time.Since(rs.lostAt)
+		st.h.resumed(*mv)
+	}
 	for _, m := range out {
 		if err := st.client.WriteMessage(websocket.TextMessage, m); err != nil {
 			return err
@@ -469,7 +484,7 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 	for {
 		nl := st.h.ws.reconnect(st.req, st.x, rs.tried)
 		if nl == nil {
-			st.h.resumes.record(l.name, "", resumeNoRegion, 0, 0)
+			st.h.resumed(Resume{From: l.name, Result: resumeNoRegion})
 			st.mu.Lock()
 			st.state = streamClosing
 			st.mu.Unlock()
@@ -492,7 +507,6 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 			nl.closed.Store(true)
 			_ = nl.conn.Close()
 			st.legs = append(st.legs, nl)
-			st.h.resumes.record(l.name, nl.name, resumeLogFull, 0, 0)
 			st.closeClient(websocket.CloseInternalServerErr, "region "+l.name+" lost while more audio than the resume log holds waited for a final")
 			return false
 		}
@@ -505,10 +519,11 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 			continue
 		}
 		rs.resumes++
+		rs.moving = &Resume{From: l.name, To: nl.name, Result: resumeOK, Replayed: replayed}
+		rs.lostAt = lostAt
 		st.attach(nl)
 		st.state = streamOpen
 		st.mu.Unlock()
-		st.h.resumes.record(l.name, nl.name, resumeOK, time.Since(lostAt), replayed)
 		st.h.log.Info("stream moved", zap.String("request_id", st.x.id), zap.String("from", l.name),
 			zap.String("to", nl.name), zap.Float64("replayed_seconds", replayed), zap.NamedError("cause", cause))
 		return true

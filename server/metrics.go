@@ -33,6 +33,9 @@ type metrics struct {
 	geo               *prometheus.CounterVec
 	reloads           *prometheus.CounterVec
 	reloadTime        prometheus.Gauge
+	resumes           *prometheus.CounterVec
+	resumeGap         prometheus.Histogram
+	replayed          prometheus.Counter
 
 	flows  flows
 	demand demand
@@ -70,13 +73,34 @@ func newMetrics(s *Server) *metrics {
 	m.reloadTime.SetToCurrentTime()
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
+	m.resumes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "earshot_stream_resumes_total",
+		Help: "Open streams moved from a lost region, by from, to (none when no region could take the stream) and result " +
+			"(ok, no_region, log_full: its audio since the last final outgrew retry.resume_log)."}, []string{"from", "to", "result"})
+	m.resumeGap = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "earshot_stream_resume_gap_seconds",
+		Help:    "Moved streams: from the loss of the region to the next message the client got from the new one.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 3, 5, 10}})
+	m.replayed = prometheus.NewCounter(prometheus.CounterOpts{Name: "earshot_stream_replayed_audio_seconds_total",
+		Help: "Audio sent again to a stream's new region when it moved."})
 	m.reg.MustRegister(m.requests, m.streams, m.closes, m.duration, m.ttfb, m.handshake, m.length,
-		m.bytes, m.geo, m.reloads, m.reloadTime, &stateCollector{s},
+		m.bytes, m.geo, m.reloads, m.reloadTime, m.resumes, m.resumeGap, m.replayed, &stateCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // Observe implements proxy.Observer.
+// ObserveResume counts a stream moved between regions.
+func (m *metrics) ObserveResume(r proxy.Resume) {
+	to := r.To
+	if to == "" {
+		to = "none"
+	}
+	m.resumes.WithLabelValues(r.From, to, r.Result).Inc()
+	if r.Gap > 0 {
+		m.resumeGap.Observe(r.Gap.Seconds())
+	}
+	m.replayed.Add(r.Replayed)
+}
+
 func (m *metrics) Observe(r proxy.Record) {
 	region, reason := r.Region, string(r.Reason)
 	if region == "" {

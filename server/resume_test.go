@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/earshot/earshot/internal/chaos"
+	"github.com/earshot/earshot/proxy"
 	"github.com/earshot/earshot/sim"
 )
 
@@ -43,8 +44,12 @@ type step struct {
 // what the client saw of it, normalised: finals, UtteranceEnd,
 // SpeechStarted and Metadata with every timestamp, in order, and the close.
 func runScript(t *testing.T, e *mxEnv, pcm []byte, script []step) []string {
+	return runScriptOn(t, e, resumeQuery, 3200, pcm, script)
+}
+
+func runScriptOn(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, script []step) []string {
 	t.Helper()
-	c, resp, err := mxDialer.Dial(e.r.ws(resumeQuery), nil)
+	c, resp, err := mxDialer.Dial(e.r.ws(query), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +92,6 @@ func runScript(t *testing.T, e *mxEnv, pcm []byte, script []step) []string {
 			}
 		}
 	}()
-	const chunk = 3200
 	for _, s := range script {
 		switch {
 		case s.kill:
@@ -285,4 +289,70 @@ func sumMoves[K comparable](m map[K]uint64) uint64 {
 		n += v
 	}
 	return n
+}
+
+// TestResumeMultichannel moves a two-channel stream (the simulated engine
+// hears channel 0): every timestamp as without the fault.
+func TestResumeMultichannel(t *testing.T) {
+	e := newMxEnvWith(t, sim.Options{}, `
+health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_requests: 1000000}}
+`)
+	mono := sim.Synthesize(resumeWords, 16000, 7.0)
+	pcm := make([]byte, 0, 2*len(mono))
+	for i := 0; i+1 < len(mono); i += 2 {
+		pcm = append(pcm, mono[i], mono[i+1], 0, 0) // channel 1 silent
+	}
+	const query = "/v1/listen?encoding=linear16&sample_rate=16000&channels=2&interim_results=true&utterance_end_ms=1000&vad_events=true&endpointing=100"
+	const chunk = 6400 // 100 ms of two channels
+	chunks := (len(pcm) + chunk - 1) / chunk
+	var plain []step
+	for i := range chunks {
+		plain = append(plain, step{chunk: i})
+	}
+	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	baseline := runScriptOn(t, e, query, chunk, pcm, plain)
+	for _, k := range []int{5, 14, 27, 44, 61} {
+		script := append(append(append([]step{}, plain[:k]...), step{chunk: -1, kill: true}), plain[k:]...)
+		got := runScriptOn(t, e, query, chunk, pcm, script)
+		if strings.Join(got, "\n") != strings.Join(baseline, "\n") {
+			t.Errorf("killed after %dms: the client saw\n  %s\nwant\n  %s", k*100, strings.Join(got, "\n  "), strings.Join(baseline, "\n  "))
+		}
+	}
+	if n := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]; n != 5 {
+		t.Errorf("%d streams moved, want 5", n)
+	}
+}
+
+// TestResumeLogFull: a stream whose audio since its last final outgrows
+// retry.resume_log can no longer move, says so in the metrics, and ends
+// 1011 when its region is lost.
+func TestResumeLogFull(t *testing.T) {
+	e := newMxEnvWith(t, sim.Options{}, `
+health: {probe: {disable: true}}
+retry: {resume_log: 500ms}
+`)
+	c, _, err := mxDialer.Dial(e.r.ws(resumeQuery), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	silence := make([]byte, 3200) // 100 ms: no word, so no final
+	for range 8 {
+		if err := c.WriteMessage(websocket.BinaryMessage, silence); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the log to overflow", func() bool {
+		return e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", Result: "log_full"}] == 1
+	})
+	e.proxies[0].Set(chaos.Kill())
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		if _, _, err := c.ReadMessage(); err != nil {
+			if !websocket.IsCloseError(err, websocket.CloseInternalServerErr) {
+				t.Errorf("ended with %v, want 1011", err)
+			}
+			break
+		}
+	}
 }
