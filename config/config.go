@@ -100,7 +100,7 @@ type Timeouts struct {
 	// RegionPing: an open stream's region that has sent nothing for this
 	// long is sent a WebSocket ping; if it still sends nothing, not even
 	// the pong, for as long again, it is hung and the stream ends with 1011
-	// (a hung region is found within two intervals). Default 2s; 0 turns
+	// (a hung region is found within two intervals). Default 1s; 0 turns
 	// pings off.
 	RegionPing time.Duration `yaml:"region_ping"`
 }
@@ -185,7 +185,7 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&t.Shutdown, 30*time.Second)
 	setDefault(&t.StreamIdle, 60*time.Second)
 	if !c.has("timeouts.region_ping") {
-		t.RegionPing = 2 * time.Second
+		t.RegionPing = time.Second
 	}
 
 	l := &c.Limits

@@ -138,7 +138,7 @@ func runScriptOn(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, sc
 // normalise turns a server message into a comparable line, or "" for
 // messages that may differ between runs (interim results). It reports
 // whether the message was a final.
-func normalise(t *testing.T, data []byte) (string, bool) {
+func normalise(t errorer, data []byte) (string, bool) {
 	var head struct {
 		Type string `json:"type"`
 	}
@@ -356,3 +356,135 @@ retry: {resume_log: 500ms}
 		}
 	}
 }
+
+// TestManyStreamsSurviveTheirRegion opens 100 streams on us-east, paced at
+// twice real time, and kills, hangs or makes it refuse once every stream
+// has its first final: every stream gets exactly what a run without the
+// fault gives (every word once, every timestamp, Metadata, 1000), and no
+// client waits more than 3 s for the router's next message.
+func TestManyStreamsSurviveTheirRegion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("100 streams in real time")
+	}
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	for _, tc := range []struct {
+		name  string
+		fault func(e *mxEnv)
+	}{
+		{"killed", func(e *mxEnv) { e.proxies[0].Set(chaos.Kill()) }},
+		{"hung", func(e *mxEnv) { e.proxies[0].Set(chaos.Hang()) }},
+		{"refusing", func(e *mxEnv) { e.sims[0].SetMode(sim.ModeRefuse) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newMxEnv(t, sim.Options{})
+			var plain []step
+			for i := range (len(pcm) + 3199) / 3200 {
+				plain = append(plain, step{chunk: i})
+			}
+			baseline := runScript(t, e, pcm, append(plain, step{chunk: -1, control: "CloseStream"}))
+			const n = 100
+			firstFinal := make(chan struct{}, n)
+			results := make(chan paced, n)
+			for range n {
+				go func() { results <- streamPaced(e, pcm, firstFinal) }()
+			}
+			for range n {
+				select {
+				case <-firstFinal:
+				case <-time.After(10 * time.Second):
+					t.Fatal("not every stream got its first final")
+				}
+			}
+			tc.fault(e)
+			faultAt := time.Now()
+			var worstGap time.Duration
+			failed := 0
+			for range n {
+				r := <-results
+				worstGap = max(worstGap, r.gap)
+				if r.err != nil || strings.Join(r.seen, "\n") != strings.Join(baseline, "\n") {
+					if failed++; failed <= 2 {
+						t.Errorf("a stream saw (%v)\n  %s\nwant\n  %s", r.err, strings.Join(r.seen, "\n  "), strings.Join(baseline, "\n  "))
+					}
+				}
+			}
+			moved := e.r.srv.proxy.Resumes()
+			t.Logf("%d streams, %d differ from the run without the fault; longest wait for the router %v; moves %v, gap to the next message %.0f ms on average; done %v after the fault",
+				n, failed, worstGap.Round(time.Millisecond), moved.Moves, 1000*moved.WaitedSeconds/float64(max(1, sumMoves(moved.Moves))), time.Since(faultAt).Round(time.Millisecond))
+			limit := 3 * time.Second
+			if raceEnabled {
+				limit = 5 * time.Second // the race detector slows the 100 replays several times over
+			}
+			if worstGap > limit {
+				t.Errorf("a client waited %v for the router's next message, want at most %v", worstGap, limit)
+			}
+		})
+	}
+}
+
+type paced struct {
+	seen []string
+	gap  time.Duration // the longest wait between two messages
+	err  error
+}
+
+// streamPaced streams pcm at twice real time, then CloseStream, and
+// returns what the client saw (normalised as runScript's).
+func streamPaced(e *mxEnv, pcm []byte, firstFinal chan<- struct{}) paced {
+	var p paced
+	c, _, err := mxDialer.Dial(e.r.ws(resumeQuery), nil)
+	if err != nil {
+		p.err = err
+		firstFinal <- struct{}{}
+		return p
+	}
+	defer c.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		last, first := time.Now(), true
+		for {
+			_, data, err := c.ReadMessage()
+			now := time.Now()
+			p.gap = max(p.gap, now.Sub(last))
+			last = now
+			if err != nil {
+				p.seen = append(p.seen, "close "+err.Error())
+				return
+			}
+			line, final := normaliseQuiet(data)
+			if line != "" {
+				p.seen = append(p.seen, line)
+			}
+			if final && first {
+				first = false
+				firstFinal <- struct{}{}
+			}
+		}
+	}()
+	tick := time.NewTicker(50 * time.Millisecond) // pacing, not synchronisation
+	defer tick.Stop()
+	for i := 0; i < len(pcm); i += 3200 {
+		<-tick.C
+		if err := c.WriteMessage(websocket.BinaryMessage, pcm[i:min(i+3200, len(pcm))]); err != nil {
+			p.err = err
+			break
+		}
+	}
+	_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type":"CloseStream"}`))
+	<-done
+	return p
+}
+
+// normaliseQuiet is normalise without a test to report to.
+func normaliseQuiet(data []byte) (string, bool) {
+	var q quietT
+	return normalise(&q, data)
+}
+
+type errorer interface{ Errorf(string, ...any) }
+
+type quietT struct{}
+
+func (*quietT) Errorf(string, ...any) {}
