@@ -17,6 +17,8 @@ import (
 	interfaces "github.com/deepgram/deepgram-go-sdk/v3/pkg/client/interfaces"
 	listen "github.com/deepgram/deepgram-go-sdk/v3/pkg/client/listen"
 
+	"github.com/earshot/earshot/internal/chaos"
+	"github.com/earshot/earshot/proxy"
 	"github.com/earshot/earshot/routing"
 	"github.com/earshot/earshot/sim"
 )
@@ -412,4 +414,63 @@ func TestSDKErrors(t *testing.T) {
 			t.Errorf("Open called %d times on a refused stream", opens)
 		}
 	})
+}
+
+// finalWords counts the words in the finals recorded so far.
+func (e *liveEvents) finalWords() []sim.Word {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []sim.Word
+	for _, m := range e.results {
+		if m.IsFinal && len(m.Channel.Alternatives) > 0 {
+			for _, w := range m.Channel.Alternatives[0].Words {
+				out = append(out, sim.Word{Text: w.Word, Start: w.Start, End: w.End})
+			}
+		}
+	}
+	return out
+}
+
+// TestSDKStreamSurvivesRegionKill streams through the official Go SDK and
+// kills the stream's region halfway: the SDK never notices (one Open, no
+// error, no reconnect), and its finals hold every word once with the times
+// that were encoded, continuous across the move.
+func TestSDKStreamSurvivesRegionKill(t *testing.T) {
+	sdkEnv(t)
+	e := newMxEnv(t, sim.Options{})
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	ev := newLiveEvents()
+	cOpts := &interfaces.ClientOptions{Host: "ws://" + e.r.api}
+	tOpts := &interfaces.LiveTranscriptionOptions{
+		Model: "nova-3", Encoding: "linear16", SampleRate: 16000, Channels: 1,
+		InterimResults: true, Endpointing: "100", UtteranceEndMs: "1000", VadEvents: true,
+	}
+	dg, err := listen.NewWSUsingCallback(t.Context(), "test-key", cOpts, tOpts, ev)
+	if err != nil {
+		t.Fatalf("NewWSUsingCallback: %v", err)
+	}
+	if !dg.Connect() {
+		t.Fatal("Connect failed")
+	}
+	defer dg.Stop()
+	half := 3200 * 35 // 3.5 s: inside "six"
+	if err := dg.Stream(bytes.NewReader(pcm[:half])); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatalf("Stream: %v", err)
+	}
+	waitFor(t, "the first words' finals", func() bool { return len(ev.finalWords()) >= 3 })
+	e.proxies[0].Set(chaos.Kill())
+	if err := dg.Stream(bytes.NewReader(pcm[half:])); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatalf("Stream after the kill: %v", err)
+	}
+	waitFor(t, "every word's final", func() bool { return len(ev.finalWords()) >= len(resumeWords) })
+	if got, want := wordList(ev.finalWords()), wordList(resumeWords); got != want {
+		t.Errorf("final words = %s\nwant %s", got, want)
+	}
+	opens, _, _, errs := ev.snapshot()
+	if opens != 1 || len(errs) != 0 {
+		t.Errorf("the SDK opened %d times and saw errors %+v; want one open, no error", opens, errs)
+	}
+	if mv := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]; mv != 1 {
+		t.Errorf("moves %v, want the stream moved once", e.r.srv.proxy.Resumes().Moves)
+	}
 }
