@@ -129,12 +129,19 @@ func (r *Region) failLater() {
 	}
 }
 
-// inRotation reports whether the region may be offered new work: its
-// probes do not say it is down, it is not cooling down, and its breaker is
-// not open.
+// inRotation reports whether the region may be offered new work: it is not
+// drained, its probes do not say it is down, it is not cooling down, and
+// its breaker is not open.
 func (r *Region) inRotation(now time.Time) bool {
-	return r.probe.up() && !r.cool.active(now) && r.breaker.Load().State() != gobreaker.StateOpen
+	return !r.drained.Load() && r.probe.up() && !r.cool.active(now) && r.breaker.Load().State() != gobreaker.StateOpen
 }
+
+// SetDrained takes the region out of rotation for maintenance (true) or
+// puts it back (false); probes and breakers go on as before.
+func (r *Region) SetDrained(d bool) { r.drained.Store(d) }
+
+// Drained reports whether the region was taken out for maintenance.
+func (r *Region) Drained() bool { return r.drained.Load() }
 
 // InRotation reports whether the region may be offered new work now.
 func (r *Region) InRotation() bool { return r.inRotation(time.Now()) }

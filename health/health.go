@@ -61,6 +61,7 @@ type Region struct {
 	fullStreak atomic.Int64 // 429s in a row
 	probe      probeState
 	outage     atomic.Pointer[outage]
+	drained    atomic.Bool // taken out for maintenance
 
 	// Totals by outcome, for status pages and tests.
 	counts [numKinds]atomic.Uint64

@@ -179,6 +179,22 @@ func (h *Handler) OpenStreams() int {
 	return len(h.streams)
 }
 
+// MoveStreams moves every open stream on region r that can move (see
+// stream.resume) to another region at its next final: for a region that
+// is drained or removed from the config. It returns how many will move;
+// the others stay until they end.
+func (h *Handler) MoveStreams(r *health.Region) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for st := range h.streams {
+		if st.planMove(r) {
+			n++
+		}
+	}
+	return n
+}
+
 // OpenStreamsByRegion counts the streams being relayed now by region.
 func (h *Handler) OpenStreamsByRegion() map[string]int {
 	h.mu.Lock()

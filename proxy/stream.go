@@ -110,6 +110,38 @@ type leg struct {
 	closed atomic.Bool // a close frame has been sent to the region
 	failed atomic.Bool // the region dropped the stream or stopped answering
 	stop   func() bool // stops watching the region's outage
+	// A planned move (the region is drained or removed): at its next final,
+	// or after planMoveWait, the leg is retired and the stream moves on.
+	retiring atomic.Bool
+	retired  atomic.Bool
+}
+
+// planMoveWait bounds how long a planned move waits for a final.
+const planMoveWait = 5 * time.Second
+
+// retire moves the stream off l now (a planned move): nothing is lost,
+// since the log holds what l has not covered with a final.
+func (st *stream) retire(l *leg) {
+	if l.retired.Swap(true) {
+		return
+	}
+	l.closed.Store(true)
+	_ = l.conn.NetConn().Close()
+}
+
+// planMove asks the stream to leave region r at its next final. It reports
+// false for a stream that cannot move, or is not on r.
+func (st *stream) planMove(r *health.Region) bool {
+	l := st.leg()
+	if st.resume == nil || l.a.Region != r || l.retiring.Swap(true) {
+		return false
+	}
+	time.AfterFunc(planMoveWait, func() {
+		if st.leg() == l && !st.ended.Load() {
+			st.retire(l) // no final came: move with what the log holds
+		}
+	})
+	return true
 }
 
 // resumeState is what a resumable stream keeps to move to another region.
@@ -421,8 +453,11 @@ func (st *stream) fromRegionResumable(rd io.Reader) error {
 	msg := buf.Bytes()
 	rs := st.resume
 	st.mu.Lock()
+	before := rs.track.watermark()
 	out := rs.track.shift(string(messageType(msg[:min(len(msg), 256)])), msg, st.outBuf[:0])
-	rs.log.trim(rs.track.watermark())
+	w := rs.track.watermark()
+	final := w != before
+	rs.log.trim(w)
 	st.mu.Unlock()
 	st.outBuf = out[:0]
 	if mv := rs.moving; mv != nil && len(out) > 0 {
@@ -438,6 +473,9 @@ func (st *stream) fromRegionResumable(rd io.Reader) error {
 		st.down.bytes += int64(len(m))
 	}
 	st.touch()
+	if l := st.leg(); l.retiring.Load() && final {
+		st.retire(l) // a planned move, at a final: the replay is the least it can be
+	}
 	return nil
 }
 
@@ -453,7 +491,7 @@ func (st *stream) mayResume(l *leg, err error) bool {
 	if st.state != streamOpen || rs.log.over || (st.closeStreamSent.Load() && rs.track.metaSeen) {
 		return false
 	}
-	if l.failed.Load() {
+	if l.failed.Load() || l.retired.Load() {
 		return true
 	}
 	ce := closeFrame(err)
@@ -476,7 +514,9 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 	st.mu.Lock()
 	st.state = streamResuming
 	st.mu.Unlock()
-	l.failed.Store(true)
+	if !l.retired.Load() {
+		l.failed.Store(true) // a planned move is not the region's fault
+	}
 	l.closed.Store(true)
 	_ = l.conn.NetConn().Close()
 	rs.tried[l.name] = true

@@ -45,6 +45,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -183,6 +184,8 @@ type mxEnv struct {
 	sims    []*sim.Server
 	proxies []*chaos.Proxy
 	client  *http.Client
+	extra   string   // the router's config before regions
+	lines   []string // each region's config line
 }
 
 func newMxEnv(t *testing.T, east sim.Options) *mxEnv { return newMxEnvWith(t, east, "") }
@@ -213,11 +216,14 @@ func newMxEnvWith(t *testing.T, east sim.Options, extra string) *mxEnv {
 			}
 		})
 		e.sims, e.proxies = append(e.sims, s), append(e.proxies, p)
-		fmt.Fprintf(&regions, "  - {name: %s, url: %s, location: {lat: %v, lon: %v}}\n", reg.name, p.URL(), reg.lat, reg.lon)
+		line := fmt.Sprintf("  - {name: %s, url: %s, location: {lat: %v, lon: %v}}\n", reg.name, p.URL(), reg.lat, reg.lon)
+		e.lines = append(e.lines, line)
+		regions.WriteString(line)
 	}
 	tr := &http.Transport{}
 	e.client = &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	t.Cleanup(tr.CloseIdleConnections)
+	e.extra = extra
 	e.r = startRouter(t, "log: {level: info}\n"+extra+"\nregions:\n"+regions.String())
 	// A router that has been running: every region has answered a probe,
 	// so its usual round trip is known before any fault.
@@ -260,10 +266,11 @@ func (e *mxEnv) eastTiming() string {
 // noLeases checks that no region holds a lease: every attempt was released.
 func (e *mxEnv) noLeases(t *testing.T) {
 	t.Helper()
-	for i, reg := range mxRegions {
-		h := e.region(i)
+	live := e.r.srv.live()
+	for _, r := range slices.Concat(live.regions, live.draining) {
+		h := r.health
 		if _, ok := mxEventually(5*time.Second, func() bool { return h.InFlight() == 0 }); !ok {
-			t.Errorf("%s still holds %d leases 5s after the work ended", reg.name, h.InFlight())
+			t.Errorf("%s still holds %d leases 5s after the work ended", r.name, h.InFlight())
 		}
 	}
 }

@@ -167,6 +167,13 @@ func (s *Server) reload(cfg *config.Config) error {
 	s.proxy.Swap(snap)
 	s.state.Store(next)
 	s.restartProbes()
+	// Streams on a region that is removed or replaced move at their next
+	// final, where they can (the others finish there).
+	for _, r := range next.draining {
+		if n := s.proxy.MoveStreams(r.health); n > 0 {
+			s.log.Info("moving streams off a region the config removed", zap.String("region", r.name), zap.Int("streams", n))
+		}
+	}
 	s.stopRetiredSims(next, prev)
 
 	var added, removed []string

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -11,6 +14,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/earshot/earshot/config"
+	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/internal/chaos"
 	"github.com/earshot/earshot/proxy"
 	"github.com/earshot/earshot/sim"
@@ -48,6 +53,11 @@ func runScript(t *testing.T, e *mxEnv, pcm []byte, script []step) []string {
 }
 
 func runScriptOn(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, script []step) []string {
+	return runScriptWith(t, e, query, chunk, pcm, script, func() { e.proxies[0].Set(chaos.Kill()) })
+}
+
+// runScriptWith plays a script whose kill steps call fault.
+func runScriptWith(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, script []step, fault func()) []string {
 	t.Helper()
 	c, resp, err := mxDialer.Dial(e.r.ws(query), nil)
 	if err != nil {
@@ -112,7 +122,7 @@ func runScriptOn(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, sc
 					t.Fatal("no final to kill after")
 				}
 			}
-			e.proxies[0].Set(chaos.Kill())
+			fault()
 		case s.control != "":
 			if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"`+s.control+`"}`)); err != nil {
 				t.Fatal(err)
@@ -488,3 +498,82 @@ type errorer interface{ Errorf(string, ...any) }
 type quietT struct{}
 
 func (*quietT) Errorf(string, ...any) {}
+
+// TestPlannedMove drains the stream's region from the admin endpoint: the
+// stream moves at its next final, loses nothing (every message as without
+// the move), and the region is charged no failure; new streams avoid it
+// until it is put back.
+func TestPlannedMove(t *testing.T) {
+	e := newMxEnv(t, sim.Options{})
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	var plain []step
+	for i := range (len(pcm) + 3199) / 3200 {
+		plain = append(plain, step{chunk: i})
+	}
+	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	baseline := runScript(t, e, pcm, plain)
+
+	drain := func(method string) {
+		req, _ := http.NewRequest(method, "http://"+e.r.admin+"/regions/us-east/drain", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s drain: %d %s", method, resp.StatusCode, body)
+		}
+		t.Logf("%s /regions/us-east/drain: %s", method, bytes.TrimSpace(body))
+	}
+	// The drain comes a third of the way in, as a step of the script.
+	script := append([]step{}, plain[:25]...)
+	script = append(script, step{chunk: -1, kill: true, heard: 1.35})
+	script = append(script, plain[25:]...)
+	got := runScriptWith(t, e, resumeQuery, 3200, pcm, script, func() { drain(http.MethodPost) })
+	if strings.Join(got, "\n") != strings.Join(baseline, "\n") {
+		t.Errorf("the client saw\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(baseline, "\n  "))
+	}
+	if n := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]; n != 1 {
+		t.Errorf("moves %v, want one from us-east to us-west", e.r.srv.proxy.Resumes().Moves)
+	}
+	if f := e.east().Count(health.Failure); f != 0 {
+		t.Errorf("us-east charged %d failures for a planned move", f)
+	}
+	if rep := e.post(); rep.region == "us-east" {
+		t.Errorf("a new request went to the drained us-east: %v", rep)
+	}
+	drain(http.MethodDelete)
+	if rep := e.post(); rep.region != "us-east" {
+		t.Errorf("a new request after the drain ended: %v, want us-east", rep)
+	}
+}
+
+// TestReloadMovesStreams removes the stream's region from the config: the
+// stream moves at its next final and loses nothing.
+func TestReloadMovesStreams(t *testing.T) {
+	e := newMxEnv(t, sim.Options{})
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	var plain []step
+	for i := range (len(pcm) + 3199) / 3200 {
+		plain = append(plain, step{chunk: i})
+	}
+	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	baseline := runScript(t, e, pcm, plain)
+	without, err := config.Parse("test.yaml", []byte("auth: {disable: true}\nlog: {level: info}\n"+e.extra+"\nregions:\n"+strings.Join(e.lines[1:], "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := append(append(append([]step{}, plain[:25]...), step{chunk: -1, kill: true, heard: 1.35}), plain[25:]...)
+	got := runScriptWith(t, e, resumeQuery, 3200, pcm, script, func() {
+		if err := e.r.srv.Reload(without); err != nil {
+			t.Error(err)
+		}
+	})
+	if strings.Join(got, "\n") != strings.Join(baseline, "\n") {
+		t.Errorf("the client saw\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(baseline, "\n  "))
+	}
+	if n := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]; n != 1 {
+		t.Errorf("moves %v, want one from us-east to us-west", e.r.srv.proxy.Resumes().Moves)
+	}
+}

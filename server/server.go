@@ -357,6 +357,8 @@ func (s *Server) adminHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
 		ErrorLog: zap.NewStdLog(s.log.Named("metrics")), EnableOpenMetrics: true}))
 	mux.HandleFunc("POST /sim/{region}/mode", s.serveSimMode)
+	mux.HandleFunc("POST /regions/{region}/drain", s.serveDrain)
+	mux.HandleFunc("DELETE /regions/{region}/drain", s.serveDrain)
 	// Go's profiler, as Caddy and most Go services have it (behind the
 	// admin token when there is one): go tool pprof http://ADMIN/debug/pprof/profile
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -443,7 +445,7 @@ func (r *regionState) summary(draining bool) string {
 	h := r.health
 	probe, _ := h.Probe()
 	switch br := h.Breaker(); {
-	case draining:
+	case draining || h.Drained():
 		return "draining"
 	case br == health.BreakerOpen || br == health.BreakerHalfOpen:
 		return string(br)
@@ -556,6 +558,27 @@ func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(out)
+}
+
+// serveDrain takes a region out of rotation for maintenance (POST) and its
+// open streams to other regions at their next final, or puts it back
+// (DELETE). Pre-recorded requests in flight there finish.
+func (s *Server) serveDrain(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("region")
+	rs := s.live().region(name)
+	if rs == nil {
+		http.Error(w, "no region of that name", http.StatusNotFound)
+		return
+	}
+	drain := r.Method == http.MethodPost
+	rs.health.SetDrained(drain)
+	moving := 0
+	if drain {
+		moving = s.proxy.MoveStreams(rs.health)
+	}
+	s.log.Info("region drain", zap.String("region", name), zap.Bool("drained", drain), zap.Int("streams_moving", moving))
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"region": name, "drained": drain, "streams_moving": moving})
 }
 
 // serveSimMode switches a simulated region's failure mode:

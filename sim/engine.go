@@ -295,7 +295,9 @@ func (e *Engine) enter() bool {
 func (e *Engine) track(c *websocket.Conn) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
+	if e.closed || e.mode == ModeDie {
+		// Dead, or died while this stream's handshake was being answered:
+		// a dead engine keeps no stream.
 		return false
 	}
 	e.conns[c] = struct{}{}

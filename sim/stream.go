@@ -71,7 +71,7 @@ func (e *Engine) upgrade(rq *request) *session {
 	}
 	conn.SetReadLimit(64 << 20)
 	if !e.track(conn) {
-		_ = conn.Close()
+		abortConn(conn.NetConn()) // as a dead engine would: no close frame
 		return nil
 	}
 	ctx, cancel := context.WithCancel(e.ctx)
