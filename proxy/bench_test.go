@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -205,5 +206,130 @@ func TestLargeMessagesEitherWay(t *testing.T) {
 		if err != nil || mt != websocket.BinaryMessage || !bytes.Equal(got, msg) {
 			t.Fatalf("%d bytes: type %d, %d bytes back, equal %v, %v", size, mt, len(got), bytes.Equal(got, msg), err)
 		}
+	}
+}
+
+// resultsRegion answers each binary frame of linear16 16 kHz audio with a
+// Results message for it, as an engine does: an interim, and every tenth
+// frame a final covering the audio since the last one (so the resume log
+// stays about a second long, as with endpointing).
+func resultsRegion() *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var heard, final int64 // bytes
+		buf := make([]byte, 0, 512)
+		for n := 1; ; n++ {
+			mt, data, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if mt != websocket.BinaryMessage {
+				continue
+			}
+			heard += int64(len(data))
+			isFinal := n%10 == 0
+			start := float64(final) / 32000
+			buf = append(buf[:0], `{"type":"Results","channel_index":[0,1],"duration":`...)
+			buf = strconv.AppendFloat(buf, float64(heard-final)/32000, 'f', -1, 64)
+			buf = append(buf, `,"start":`...)
+			buf = strconv.AppendFloat(buf, start, 'f', -1, 64)
+			buf = append(buf, `,"is_final":`...)
+			buf = strconv.AppendBool(buf, isFinal)
+			buf = append(buf, `,"speech_final":false,"channel":{"alternatives":[{"transcript":"tell me more","confidence":0.99,"words":[{"word":"tell","start":0.1,"end":0.3,"confidence":0.99}]}]},"metadata":{"request_id":"00000000-0000-4000-8000-000000000000"}}`...)
+			if isFinal {
+				final = heard
+			}
+			if err := c.WriteMessage(websocket.TextMessage, buf); err != nil {
+				return
+			}
+		}
+	}))
+}
+
+// BenchmarkStreamRelayResume is StreamRelay against an engine that answers
+// with results, with the resume log off and on in the same run: what
+// keeping a stream movable costs each message.
+func BenchmarkStreamRelayResume(b *testing.B) {
+	region := resultsRegion()
+	defer region.Close()
+	frame := bytes.Repeat([]byte{7}, 3200)
+	for _, tc := range []struct {
+		name string
+		log  time.Duration
+	}{{"log-off", 0}, {"log-on", 30 * time.Second}} {
+		b.Run(tc.name, func(b *testing.B) {
+			_, router := newTestProxy(b, region.URL, 0, func(o *Options) {
+				o.ResumeLog = tc.log
+				o.Retry = RetryOptions{Policy: failover.Policy{Attempts: 3, Deadline: time.Minute}}
+			})
+			c, _, err := websocket.DefaultDialer.Dial(strings.Replace(router.URL, "http", "ws", 1)+"/v1/listen?encoding=linear16&sample_rate=16000", nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := c.ReadMessage(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkStreamsHeldResume is what an open stream holds with the resume
+// log off and on, after half a second of audio with no final yet (the log
+// then holds that half second): run it with -benchtime=1000x.
+func BenchmarkStreamsHeldResume(b *testing.B) {
+	region := resultsRegion()
+	defer region.Close()
+	frame := bytes.Repeat([]byte{7}, 3200)
+	for _, tc := range []struct {
+		name string
+		log  time.Duration
+	}{{"log-off", 0}, {"log-on", 30 * time.Second}} {
+		b.Run(tc.name, func(b *testing.B) {
+			_, router := newTestProxy(b, region.URL, 0, func(o *Options) {
+				o.ResumeLog = tc.log
+				o.Retry = RetryOptions{Policy: failover.Policy{Attempts: 3, Deadline: time.Minute}}
+			})
+			url := strings.Replace(router.URL, "http", "ws", 1) + "/v1/listen?encoding=linear16&sample_rate=16000"
+			before, routines := heldMemory(), runtime.NumGoroutine()
+			conns := make([]*websocket.Conn, 0, b.N)
+			for b.Loop() {
+				c, _, err := websocket.DefaultDialer.Dial(url, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns = append(conns, c)
+			}
+			b.StopTimer()
+			for _, c := range conns {
+				for range 5 {
+					if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+						b.Fatal(err)
+					}
+					if _, _, err := c.ReadMessage(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			n := float64(len(conns))
+			b.ReportMetric(float64(heldMemory()-before)/n, "held-B/stream")
+			for _, c := range conns {
+				c.Close()
+			}
+			for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > routines && time.Now().Before(deadline); {
+				runtime.Gosched()
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,7 +89,12 @@ func utteranceEnd(rawQuery string) float64 {
 }
 
 // resumeLog keeps the client's audio from the end of the last final on.
+// Its array is reused: trimming moves the start forward, and an append
+// that would not fit first moves what is held back to the front, so a
+// stream in steady state (a final every second or so) allocates nothing.
 type resumeLog struct {
+	arr   []byte // buf is arr[off:]
+	off   int
 	buf   []byte
 	start int64 // stream offset of buf[0]
 	limit int   // most bytes held; past it the stream cannot be resumed
@@ -103,21 +109,28 @@ func (l *resumeLog) append(p []byte) {
 		l.start += int64(len(p))
 		return
 	}
-	if len(l.buf)+len(p) > l.limit {
+	n := len(l.buf) + len(p)
+	if n > l.limit {
 		// Too much audio without a final: give up on resuming this
 		// stream rather than hold more.
 		l.over = true
-		l.start += int64(len(l.buf) + len(p))
-		l.buf = nil
+		l.start += int64(n)
+		l.arr, l.buf, l.off = nil, nil, 0
 		return
 	}
-	if len(l.buf)+len(p) > cap(l.buf) && l.buf != nil {
-		// Compact into a buffer sized for what is held, not what was.
-		nb := make([]byte, len(l.buf), max(2*(len(l.buf)+len(p)), 16<<10))
-		copy(nb, l.buf)
-		l.buf = nb
+	if l.off+n > cap(l.arr) {
+		if n <= cap(l.arr) && l.off > 0 {
+			copy(l.arr[:cap(l.arr)], l.buf) // back to the front
+		} else {
+			na := make([]byte, len(l.buf), min(l.limit, max(2*n, 16<<10)))
+			copy(na, l.buf)
+			l.arr = na
+		}
+		l.off = 0
+		l.arr = l.arr[:len(l.buf)]
 	}
-	l.buf = append(l.buf, p...)
+	l.arr = append(l.arr[:l.off+len(l.buf)], p...)
+	l.buf = l.arr[l.off:]
 }
 
 // trim drops the audio before stream offset to.
@@ -125,12 +138,10 @@ func (l *resumeLog) trim(to int64) {
 	if to <= l.start {
 		return
 	}
-	n := min(to-l.start, int64(len(l.buf)))
+	n := int(min(to-l.start, int64(len(l.buf))))
 	l.buf = l.buf[n:]
-	l.start += n
-	if len(l.buf) == 0 {
-		l.buf = l.buf[:0:0] // let the old array go
-	}
+	l.off += n
+	l.start += int64(n)
 }
 
 // listenTrack is what the relay learns of a /v1/listen stream as messages
@@ -439,8 +450,9 @@ func (h *Handler) resumed(r Resume) {
 type resumeStats struct {
 	mu       sync.Mutex
 	byRoute  map[ResumeKey]uint64
-	replayed float64       // seconds of audio replayed
-	waited   time.Duration // leg loss to the new leg's first message, summed
+	replayed float64         // seconds of audio replayed
+	waited   time.Duration   // leg loss to the new leg's first message, summed
+	gaps     []time.Duration // the latest gaps, for percentiles
 }
 
 // ResumeKey names a move: from a region, to one ("" when none could take
@@ -456,13 +468,20 @@ func (s *resumeStats) record(r Resume) {
 	s.byRoute[ResumeKey{r.From, r.To, r.Result}]++
 	s.replayed += r.Replayed
 	s.waited += r.Gap
+	if r.Gap > 0 {
+		if len(s.gaps) == 1024 {
+			s.gaps = s.gaps[1:]
+		}
+		s.gaps = append(s.gaps, r.Gap)
+	}
 }
 
 // ResumeStats are the counts of streams moved between regions.
 type ResumeStats struct {
 	Moves           map[ResumeKey]uint64
 	ReplayedSeconds float64
-	WaitedSeconds   float64 // leg loss to the next message from the new region, summed
+	WaitedSeconds   float64         // leg loss to the next message from the new region, summed
+	Gaps            []time.Duration // the latest (up to 1,024) of those, oldest first
 }
 
 // Resumes returns the counts of streams moved between regions.
@@ -470,7 +489,8 @@ func (h *Handler) Resumes() ResumeStats {
 	s := &h.resumes
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := ResumeStats{Moves: make(map[ResumeKey]uint64, len(s.byRoute)), ReplayedSeconds: s.replayed, WaitedSeconds: s.waited.Seconds()}
+	out := ResumeStats{Moves: make(map[ResumeKey]uint64, len(s.byRoute)), ReplayedSeconds: s.replayed,
+		WaitedSeconds: s.waited.Seconds(), Gaps: slices.Clone(s.gaps)}
 	for k, v := range s.byRoute {
 		out.Moves[k] = v
 	}
