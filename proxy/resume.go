@@ -144,6 +144,33 @@ func (l *resumeLog) trim(to int64) {
 	l.start += int64(n)
 }
 
+// protocol is what a resumable stream's path knows of its messages, for
+// moving it: the stream itself keeps the log and does the replay.
+type protocol interface {
+	// client notes a client's text message of type typ as it goes to the
+	// region, sent after the audio up to stream offset at.
+	client(typ string, msg []byte, at int64)
+	// shift passes a region's message on in the client's time: the
+	// messages to send in its place, in order (none to drop it).
+	shift(typ string, msg []byte, out [][]byte) [][]byte
+	// watermark is the stream offset up to which results are final.
+	watermark() int64
+	// resumed prepares for a leg that hears the log from start; it returns
+	// what to send that leg first, and what to replay at places in the
+	// audio (noted again through client as they are sent).
+	resumed(start int64) (first [][]byte, at []queued)
+	// finished reports whether, after the client's CloseStream, the region
+	// has answered all it will, a loss then being the end, not a move;
+	// pending says whether audio not yet covered by a final remains.
+	finished(pending bool) bool
+	audio() audioFormat
+}
+
+var (
+	_ protocol = (*listenTrack)(nil)
+	_ protocol = (*fluxTrack)(nil)
+)
+
 // listenTrack is what the relay learns of a /v1/listen stream as messages
 // pass, for resuming it: stream offsets in bytes, times in seconds of the
 // client's time.
@@ -191,8 +218,9 @@ func (t *listenTrack) watermark() int64 {
 	return t.format.bytesAt(w)
 }
 
-// resumed prepares for a leg that hears the log from stream offset start.
-func (t *listenTrack) resumed(start int64) {
+// resumed prepares for a leg that hears the log from stream offset start:
+// each Finalize not answered yet is replayed where it was sent.
+func (t *listenTrack) resumed(start int64) ([][]byte, []queued) {
 	t.replayed = true
 	t.offset = t.format.seconds(start)
 	t.metaSeen = false
@@ -200,7 +228,24 @@ func (t *listenTrack) resumed(start int64) {
 	// region, which never hears that word: it is owed, and sent when the
 	// new region's messages show the silence after it was long enough.
 	t.utterOwed = t.utterance > 0 && t.lastWordEnd > t.lastUtter
+	var at []queued
+	for _, f := range t.finalizes {
+		if f >= start { // else a later final covered its audio
+			at = append(at, queued{f, []byte(`{"type":"Finalize"}`)})
+		}
+	}
+	t.finalizes = t.finalizes[:0]
+	return nil, at
 }
+
+func (t *listenTrack) client(typ string, _ []byte, at int64) {
+	if typ == "Finalize" {
+		t.finalizes = append(t.finalizes, at)
+	}
+}
+
+func (t *listenTrack) finished(bool) bool { return t.metaSeen }
+func (t *listenTrack) audio() audioFormat { return t.format }
 
 // shift passes a message from the current leg on in the client's time. It
 // returns the messages to send in its place, in order (none for one the
@@ -495,4 +540,154 @@ func (h *Handler) Resumes() ResumeStats {
 		out.Moves[k] = v
 	}
 	return out
+}
+
+// fluxTrack is listenTrack's counterpart for Flux (/v2/listen): turns
+// instead of finals. A move happens at the last EndOfTurn: the new region
+// hears the audio of the turn in progress again, its Connected is not
+// passed on, the last Configure is sent to it first (and its answer not
+// passed on), every sequence_id continues the client's count, turn_index
+// continues from the turns already ended, audio windows (and word times,
+// where there are any) are shifted, and a TurnInfo for audio the client
+// already has a later one for is dropped.
+type fluxTrack struct {
+	format    audioFormat
+	replayed  bool
+	offset    float64
+	eotEnd    float64 // the last EndOfTurn's audio_window_end
+	turns     int     // EndOfTurns passed on
+	turnBase  int     // the current leg's turn 0 is the client's turnBase
+	lastEnd   float64 // the latest audio_window_end passed on
+	lastSeq   int64   // the latest sequence_id passed on; -1 before any
+	configure []byte  // the client's last Configure
+	configAt  int64   // where in the audio it was sent
+	sent      int     // Configures sent, and answered (ConfigureSuccess/Failure)
+	answered  int
+	swallow   int  // answers to a replayed Configure the client already has
+	connected bool // the client has had Connected
+}
+
+func newFluxTrack(f audioFormat) *fluxTrack { return &fluxTrack{format: f, lastSeq: -1} }
+
+func (t *fluxTrack) audio() audioFormat { return t.format }
+
+// finished: Flux may end with no close frame after CloseStream, so a loss
+// then is the end unless audio remains that no EndOfTurn covered.
+func (t *fluxTrack) finished(pending bool) bool { return !pending }
+func (t *fluxTrack) watermark() int64           { return t.format.bytesAt(t.eotEnd) }
+
+func (t *fluxTrack) client(typ string, msg []byte, at int64) {
+	if typ == "Configure" {
+		t.configure, t.configAt = bytes.Clone(msg), at
+		t.sent++
+	}
+}
+
+// resumed sends the new region the last Configure: first, if it came
+// before the audio replayed, else at its place. Its answer reaches the
+// client only if the lost region had not answered it.
+func (t *fluxTrack) resumed(start int64) ([][]byte, []queued) {
+	t.replayed = true
+	t.offset = t.format.seconds(start)
+	t.turnBase = t.turns
+	if t.configure == nil {
+		return nil, nil
+	}
+	if t.answered >= t.sent {
+		t.swallow++
+	}
+	t.sent-- // sent again below, and counted again by client
+	if t.configAt < start {
+		t.sent++
+		return [][]byte{t.configure}, nil
+	}
+	return nil, []queued{{t.configAt, t.configure}}
+}
+
+func (t *fluxTrack) shift(typ string, msg []byte, out [][]byte) [][]byte {
+	if !t.replayed {
+		if typ == "TurnInfo" {
+			var ti struct {
+				Event string  `json:"event"`
+				End   float64 `json:"audio_window_end"`
+			}
+			if json.Unmarshal(msg, &ti) == nil {
+				t.lastEnd = max(t.lastEnd, ti.End)
+				if ti.Event == "EndOfTurn" {
+					t.eotEnd, t.turns = ti.End, t.turns+1
+				}
+			}
+		}
+		switch typ {
+		case "ConfigureSuccess", "ConfigureFailure":
+			t.answered++
+		case "Connected":
+			t.connected = true
+		}
+		if v := numberAt(msg, "sequence_id"); v >= 0 && bytes.Contains(msg, []byte(`"sequence_id"`)) {
+			t.lastSeq = int64(v)
+		}
+		return append(out, msg)
+	}
+	switch typ {
+	case "Connected":
+		if t.connected {
+			return out // the client has its Connected
+		}
+		t.connected = true
+	case "ConfigureSuccess", "ConfigureFailure":
+		if t.swallow > 0 {
+			t.swallow--
+			return out
+		}
+		t.answered++
+	}
+	var m map[string]any
+	d := json.NewDecoder(bytes.NewReader(msg))
+	d.UseNumber()
+	if d.Decode(&m) != nil {
+		return append(out, msg)
+	}
+	if typ == "TurnInfo" {
+		start := t.shiftTime(m, "audio_window_start")
+		end := t.shiftTime(m, "audio_window_end")
+		_ = start
+		if words, ok := m["words"].([]any); ok {
+			for _, w := range words {
+				if wm, ok := w.(map[string]any); ok {
+					t.shiftTime(wm, "start")
+					t.shiftTime(wm, "end")
+				}
+			}
+		}
+		if n, ok := m["turn_index"].(json.Number); ok {
+			if v, err := n.Int64(); err == nil {
+				m["turn_index"] = v + int64(t.turnBase)
+			}
+		}
+		event, _ := m["event"].(string)
+		if event != "EndOfTurn" && end <= t.lastEnd {
+			return out // the client has this part of the turn already
+		}
+		t.lastEnd = max(t.lastEnd, end)
+		if event == "EndOfTurn" {
+			t.eotEnd, t.turns = end, t.turns+1
+		}
+	}
+	if _, ok := m["sequence_id"]; ok {
+		t.lastSeq++
+		m["sequence_id"] = t.lastSeq
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return append(out, msg)
+	}
+	return append(out, b)
+}
+
+// shiftTime adds the leg's offset to m[k], on the sample grid when the
+// value lies on it (as listenTrack.shiftField).
+func (t *fluxTrack) shiftTime(m map[string]any, k string) float64 {
+	lt := listenTrack{format: t.format, offset: t.offset}
+	return lt.shiftField(m, k)
 }

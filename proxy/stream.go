@@ -147,7 +147,7 @@ func (st *stream) planMove(r *health.Region) bool {
 // resumeState is what a resumable stream keeps to move to another region.
 type resumeState struct {
 	log     resumeLog
-	track   listenTrack
+	proto   protocol
 	tried   map[string]bool // regions lost by this stream: not tried again
 	resumes int
 	moving  *Resume   // a move waiting for the new region's first message
@@ -172,10 +172,19 @@ func newStream(h *Handler, r *http.Request, x *exchange, client *websocket.Conn,
 	// Close frames are relayed by the pumps, not answered by gorilla, so
 	// each side's answer comes from the other side.
 	client.SetCloseHandler(func(int, string) error { return nil })
-	if st.kind == "/v1/listen" && o.ResumeLog > 0 && o.Retry.Attempts > 1 {
+	if o.ResumeLog > 0 && o.Retry.Attempts > 1 {
 		if f, ok := rawFormat(r.URL.RawQuery); ok {
-			st.resume = &resumeState{track: listenTrack{format: f, utterance: utteranceEnd(r.URL.RawQuery)}, tried: map[string]bool{},
-				log: resumeLog{limit: int(o.ResumeLog.Seconds() * float64(f.rate) * float64(f.frame()))}}
+			var p protocol
+			switch st.kind {
+			case "/v1/listen":
+				p = &listenTrack{format: f, utterance: utteranceEnd(r.URL.RawQuery)}
+			case "/v2/listen":
+				p = newFluxTrack(f)
+			}
+			if p != nil {
+				st.resume = &resumeState{proto: p, tried: map[string]bool{},
+					log: resumeLog{limit: int(o.ResumeLog.Seconds() * float64(f.rate) * float64(f.frame()))}}
+			}
 		}
 	}
 	st.attach(first)
@@ -322,17 +331,17 @@ func (st *stream) fromClientResumable(mt int, rd io.Reader) error {
 		if !utf8.Valid(msg) {
 			return readErr{errInvalidUTF8}
 		}
-		switch string(messageType(msg[:min(len(msg), 256)])) {
+		typ := string(messageType(msg[:min(len(msg), 256)]))
+		switch typ {
 		case "CloseStream":
 			st.closeStreamSent.Store(true)
-		case "Finalize":
-			if st.state != streamResuming {
-				rs.track.finalizes = append(rs.track.finalizes, rs.log.end())
-			}
 		case "KeepAlive":
 			if st.state == streamResuming {
 				return nil // answered here: the new region will hear audio soon
 			}
+		}
+		if st.state != streamResuming {
+			rs.proto.client(typ, msg, rs.log.end())
 		}
 	} else if len(msg) > 0 {
 		over := rs.log.over
@@ -453,9 +462,9 @@ func (st *stream) fromRegionResumable(rd io.Reader) error {
 	msg := buf.Bytes()
 	rs := st.resume
 	st.mu.Lock()
-	before := rs.track.watermark()
-	out := rs.track.shift(string(messageType(msg[:min(len(msg), 256)])), msg, st.outBuf[:0])
-	w := rs.track.watermark()
+	before := rs.proto.watermark()
+	out := rs.proto.shift(string(messageType(msg[:min(len(msg), 256)])), msg, st.outBuf[:0])
+	w := rs.proto.watermark()
 	final := w != before
 	rs.log.trim(w)
 	st.mu.Unlock()
@@ -488,7 +497,7 @@ func (st *stream) mayResume(l *leg, err error) bool {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.state != streamOpen || rs.log.over || (st.closeStreamSent.Load() && rs.track.metaSeen) {
+	if st.state != streamOpen || rs.log.over || (st.closeStreamSent.Load() && rs.proto.finished(rs.log.end() > rs.log.start)) {
 		return false
 	}
 	if l.failed.Load() || l.retired.Load() {
@@ -579,15 +588,13 @@ func (st *stream) replay(nl *leg) (float64, error) {
 	if rs.log.over {
 		return 0, errLogFull
 	}
-	tr := &rs.track
-	tr.resumed(rs.log.start)
-	events := make([]queued, 0, len(tr.finalizes)+len(st.pending)+1)
-	for _, at := range tr.finalizes {
-		if at >= rs.log.start { // else a later final covered its audio
-			events = append(events, queued{at, []byte(`{"type":"Finalize"}`)})
+	first, at := rs.proto.resumed(rs.log.start)
+	for _, m := range first {
+		if err := nl.conn.WriteMessage(websocket.TextMessage, m); err != nil {
+			return 0, err
 		}
 	}
-	tr.finalizes = tr.finalizes[:0]
+	events := append(at, make([]queued, 0, len(st.pending)+1)...)
 	closing := false
 	for _, q := range st.pending {
 		closing = closing || string(messageType(q.msg)) == "CloseStream"
@@ -603,9 +610,7 @@ func (st *stream) replay(nl *leg) (float64, error) {
 			return 0, err
 		}
 		pos = max(pos, ev.at)
-		if string(messageType(ev.msg)) == "Finalize" {
-			tr.finalizes = append(tr.finalizes, ev.at)
-		}
+		rs.proto.client(string(messageType(ev.msg)), ev.msg, ev.at)
 		if err := nl.conn.WriteMessage(websocket.TextMessage, ev.msg); err != nil {
 			return 0, err
 		}
@@ -613,7 +618,7 @@ func (st *stream) replay(nl *leg) (float64, error) {
 	if err := st.replayAudio(nl, pos, rs.log.end()); err != nil {
 		return 0, err
 	}
-	return tr.format.seconds(int64(len(rs.log.buf))), nil
+	return rs.proto.audio().seconds(int64(len(rs.log.buf))), nil
 }
 
 // replayAudio sends the log's audio between stream offsets from and to.
@@ -624,7 +629,7 @@ func (st *stream) replayAudio(nl *leg, from, to int64) error {
 		return nil
 	}
 	const chunk = 32 << 10
-	frame := rs.track.format.frame()
+	frame := rs.proto.audio().frame()
 	b := rs.log.buf[from-rs.log.start : to-rs.log.start]
 	for len(b) > 0 {
 		n := min(len(b), chunk)

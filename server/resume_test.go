@@ -585,3 +585,118 @@ func TestReloadMovesStreams(t *testing.T) {
 		t.Errorf("moves %v, want one from us-east to us-west", e.r.srv.proxy.Resumes().Moves)
 	}
 }
+
+// normaliseFlux turns a Flux message into a comparable line: every message
+// with its sequence_id, TurnInfo with its event, turn, window and words.
+func normaliseFlux(t errorer, data []byte) (string, bool) {
+	var m struct {
+		Type       string  `json:"type"`
+		Seq        int     `json:"sequence_id"`
+		Event      string  `json:"event"`
+		Turn       int     `json:"turn_index"`
+		Start      float64 `json:"audio_window_start"`
+		End        float64 `json:"audio_window_end"`
+		Transcript string  `json:"transcript"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Errorf("unreadable Flux message %s: %v", data, err)
+		return "", false
+	}
+	if m.Type == "TurnInfo" {
+		return fmt.Sprintf("#%d TurnInfo %s turn=%d window=%v-%v %q", m.Seq, m.Event, m.Turn, m.Start, m.End, m.Transcript), m.Event == "EndOfTurn"
+	}
+	return fmt.Sprintf("#%d %s", m.Seq, m.Type), false
+}
+
+// TestResumeFlux moves Flux streams: killed at many points, with a
+// Configure sent along the way, the client sees exactly the messages of a
+// run without the fault, sequence_id and turn_index continuing, windows in
+// its own time.
+func TestResumeFlux(t *testing.T) {
+	e := newMxEnvWith(t, sim.Options{}, `
+health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_requests: 1000000}}
+`)
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	const query = "/v2/listen?encoding=linear16&sample_rate=16000&eot_timeout_ms=500"
+	var plain []step
+	for i := range (len(pcm) + 3199) / 3200 {
+		if i == 8 {
+			plain = append(plain, step{chunk: -1, control: "Configure"})
+		}
+		plain = append(plain, step{chunk: i})
+	}
+	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	run := func(script []step) []string {
+		return runFluxScript(t, e, query, pcm, script)
+	}
+	baseline := run(plain)
+	t.Logf("without a fault: %d messages", len(baseline))
+	for _, k := range []int{4, 12, 20, 27, 33, 41, 50, 58, 66} {
+		script := append(append(append([]step{}, plain[:k]...), step{chunk: -1, kill: true}), plain[k:]...)
+		got := run(script)
+		if strings.Join(got, "\n") != strings.Join(baseline, "\n") {
+			t.Errorf("killed at step %d: the client saw\n  %s\nwant\n  %s", k, strings.Join(got, "\n  "), strings.Join(baseline, "\n  "))
+		}
+	}
+	if n := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]; n < 5 {
+		t.Errorf("%d Flux streams moved, want most of 9", n)
+	}
+}
+
+// runFluxScript is runScript for Flux.
+func runFluxScript(t *testing.T, e *mxEnv, query string, pcm []byte, script []step) []string {
+	t.Helper()
+	c, _, err := mxDialer.Dial(e.r.ws(query), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var mu sync.Mutex
+	var seen []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for {
+			_, data, err := c.ReadMessage()
+			mu.Lock()
+			if err != nil {
+				seen = append(seen, "close "+err.Error())
+				mu.Unlock()
+				return
+			}
+			if line, _ := normaliseFlux(t, data); line != "" {
+				seen = append(seen, line)
+			}
+			mu.Unlock()
+		}
+	}()
+	for _, s := range script {
+		switch {
+		case s.kill:
+			e.proxies[0].Set(chaos.Kill())
+		case s.control == "Configure":
+			if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"Configure","thresholds":{"eot_threshold":0.8}}`)); err != nil {
+				t.Fatal(err)
+			}
+		case s.control != "":
+			if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"`+s.control+`"}`)); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			from := s.chunk * 3200
+			if err := c.WriteMessage(websocket.BinaryMessage, pcm[from:min(from+3200, len(pcm))]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the Flux stream did not end 20s after CloseStream")
+	}
+	e.proxies[0].Set(chaos.Pass())
+	mu.Lock()
+	defer mu.Unlock()
+	return seen
+}
