@@ -88,6 +88,68 @@ func utteranceEnd(rawQuery string) float64 {
 	return float64(ms) / 1000
 }
 
+// hasEncoding reports whether a query names its audio's encoding.
+func hasEncoding(rawQuery string) bool {
+	q, err := url.ParseQuery(rawQuery)
+	return err == nil && q.Get("encoding") != ""
+}
+
+// wavHeader reads a PCM WAV header at the start of b: the audio's format
+// and the header's length (up to the data chunk's first byte). Only linear
+// PCM of 16 or 32 bits, and mu-law and A-law, can be resumed.
+func wavHeader(b []byte) (audioFormat, int, bool) {
+	le := func(p []byte) uint32 { return uint32(p[0]) | uint32(p[1])<<8 | uint32(p[2])<<16 | uint32(p[3])<<24 }
+	if len(b) < 12 || string(b[0:4]) != "RIFF" || string(b[8:12]) != "WAVE" {
+		return audioFormat{}, 0, false
+	}
+	var f audioFormat
+	for off := 12; off+8 <= len(b); {
+		id, size := string(b[off:off+4]), int(le(b[off+4:off+8]))
+		body := off + 8
+		switch id {
+		case "fmt ":
+			if size < 16 || body+16 > len(b) {
+				return audioFormat{}, 0, false
+			}
+			tag := int(b[body]) | int(b[body+1])<<8
+			f.channels = int(b[body+2]) | int(b[body+3])<<8
+			f.rate = int(le(b[body+4 : body+8]))
+			bits := int(b[body+14]) | int(b[body+15])<<8
+			switch {
+			case (tag == 1 || tag == 0xFFFE) && (bits == 16 || bits == 32):
+				f.width = bits / 8
+			case (tag == 6 || tag == 7) && bits == 8:
+				f.width = 1
+			default:
+				return audioFormat{}, 0, false
+			}
+		case "data":
+			if f.rate <= 0 || f.channels < 1 || f.width == 0 {
+				return audioFormat{}, 0, false
+			}
+			return f, body, true
+		}
+		if size < 0 || size > len(b) {
+			return audioFormat{}, 0, false // a chunk past this message: not a header we can keep
+		}
+		off = body + size + size%2
+	}
+	return audioFormat{}, 0, false
+}
+
+// notMovable is the protocol of a container stream whose first audio was
+// not a WAV header it can resume: everything passes as it is.
+type notMovable struct{}
+
+func (notMovable) client(string, []byte, int64) {}
+func (notMovable) shift(_ string, msg []byte, out [][]byte) [][]byte {
+	return append(out, msg)
+}
+func (notMovable) watermark() int64                   { return 0 }
+func (notMovable) resumed(int64) ([][]byte, []queued) { return nil, nil }
+func (notMovable) finished(bool) bool                 { return true }
+func (notMovable) audio() audioFormat                 { return audioFormat{rate: 1, channels: 1, width: 1} }
+
 // resumeLog keeps the client's audio from the end of the last final on.
 // Its array is reused: trimming moves the start forward, and an append
 // that would not fit first moves what is held back to the front, so a

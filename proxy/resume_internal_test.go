@@ -49,3 +49,40 @@ func TestResumeLog(t *testing.T) {
 		t.Errorf("past the limit: over %v, holding %d, end %d", l2.over, len(l2.buf), l2.end())
 	}
 }
+
+func TestWAVHeader(t *testing.T) {
+	wav := func(tag, channels, rate, bits int, extra string) []byte {
+		b := []byte("RIFF\x00\x00\x00\x00WAVE" + extra + "fmt \x10\x00\x00\x00")
+		le16 := func(v int) { b = append(b, byte(v), byte(v>>8)) }
+		le32 := func(v int) { b = append(b, byte(v), byte(v>>8), byte(v>>16), byte(v>>24)) }
+		le16(tag)
+		le16(channels)
+		le32(rate)
+		le32(rate * channels * bits / 8)
+		le16(channels * bits / 8)
+		le16(bits)
+		return append(b, "data\xff\xff\xff\xff"...)
+	}
+	tests := []struct {
+		name string
+		b    []byte
+		f    audioFormat
+		ok   bool
+	}{
+		{"16-bit mono", wav(1, 1, 16000, 16, ""), audioFormat{16000, 1, 2}, true},
+		{"32-bit stereo", wav(1, 2, 48000, 32, ""), audioFormat{48000, 2, 4}, true},
+		{"mu-law", wav(7, 1, 8000, 8, ""), audioFormat{8000, 1, 1}, true},
+		{"a LIST chunk first", wav(1, 1, 16000, 16, "LIST\x04\x00\x00\x00abcd"), audioFormat{16000, 1, 2}, true},
+		{"8-bit PCM", wav(1, 1, 16000, 8, ""), audioFormat{}, false},
+		{"float", wav(3, 1, 16000, 32, ""), audioFormat{}, false},
+		{"cut short", wav(1, 1, 16000, 16, "")[:30], audioFormat{}, false},
+		{"not WAV", []byte("OggS\x00\x02\x00\x00\x00\x00\x00\x00"), audioFormat{}, false},
+		{"empty", nil, audioFormat{}, false},
+	}
+	for _, tt := range tests {
+		f, n, ok := wavHeader(tt.b)
+		if ok != tt.ok || (ok && (f != tt.f || n != len(tt.b))) {
+			t.Errorf("%s: %+v, %d, %v; want %+v, %d, %v", tt.name, f, n, ok, tt.f, len(tt.b), tt.ok)
+		}
+	}
+}

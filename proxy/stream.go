@@ -74,6 +74,7 @@ type stream struct {
 	delivering atomic.Bool   // the region pump is writing to the client
 	pingTimer  *time.Timer
 	ended      atomic.Bool // run has returned
+	canMove    atomic.Bool // resume is set up: the stream can move
 
 	kind string // the API path, which says how the stream can be drained
 
@@ -133,7 +134,7 @@ func (st *stream) retire(l *leg) {
 // false for a stream that cannot move, or is not on r.
 func (st *stream) planMove(r *health.Region) bool {
 	l := st.leg()
-	if st.resume == nil || l.a.Region != r || l.retiring.Swap(true) {
+	if !st.movable() || l.a.Region != r || l.retiring.Swap(true) {
 		return false
 	}
 	time.AfterFunc(planMoveWait, func() {
@@ -146,12 +147,16 @@ func (st *stream) planMove(r *health.Region) bool {
 
 // resumeState is what a resumable stream keeps to move to another region.
 type resumeState struct {
-	log     resumeLog
-	proto   protocol
-	tried   map[string]bool // regions lost by this stream: not tried again
-	resumes int
-	moving  *Resume   // a move waiting for the new region's first message
-	lostAt  time.Time // when the leg being replaced was lost
+	log    resumeLog
+	proto  protocol // nil until known (container audio)
+	header []byte   // a WAV header, sent to a new region before the replay
+	logFor time.Duration
+	// utterance is utterance_end_ms for a stream whose format comes later.
+	utterance float64
+	tried     map[string]bool // regions lost by this stream: not tried again
+	resumes   int
+	moving    *Resume   // a move waiting for the new region's first message
+	lostAt    time.Time // when the leg being replaced was lost
 }
 
 type pumpStats struct {
@@ -173,6 +178,11 @@ func newStream(h *Handler, r *http.Request, x *exchange, client *websocket.Conn,
 	// each side's answer comes from the other side.
 	client.SetCloseHandler(func(int, string) error { return nil })
 	if o.ResumeLog > 0 && o.Retry.Attempts > 1 {
+		if st.kind == "/v1/listen" && !hasEncoding(r.URL.RawQuery) {
+			// Container audio: a WAV header can be sent again before the
+			// replay; decided at the first audio (decideWAV).
+			st.resume = &resumeState{tried: map[string]bool{}, logFor: o.ResumeLog, utterance: utteranceEnd(r.URL.RawQuery)}
+		}
 		if f, ok := rawFormat(r.URL.RawQuery); ok {
 			var p protocol
 			switch st.kind {
@@ -184,6 +194,7 @@ func newStream(h *Handler, r *http.Request, x *exchange, client *websocket.Conn,
 			if p != nil {
 				st.resume = &resumeState{proto: p, tried: map[string]bool{},
 					log: resumeLog{limit: int(o.ResumeLog.Seconds() * float64(f.rate) * float64(f.frame()))}}
+				st.canMove.Store(true)
 			}
 		}
 	}
@@ -212,6 +223,27 @@ func (st *stream) attach(l *leg) {
 	st.legs = append(st.legs, l)
 	st.cur.Store(l)
 	st.heardRegion()
+}
+
+// movable reports whether the stream can move to another region. Safe
+// without mu (a leg lost under a write must not wait for it).
+func (st *stream) movable() bool { return st.resume != nil && st.canMove.Load() }
+
+// decideWAV reads a container stream's first audio: a PCM WAV header makes
+// the stream movable (the header is kept, sent to a new region first, and
+// the audio after it logged); anything else leaves it as it is. Under mu.
+func (st *stream) decideWAV(msg []byte) {
+	rs := st.resume
+	f, n, ok := wavHeader(msg)
+	if !ok {
+		rs.proto = notMovable{} // answered once; canMove stays false
+		return
+	}
+	rs.header = bytes.Clone(msg[:n])
+	rs.proto = &listenTrack{format: f, utterance: rs.utterance}
+	rs.log.limit = int(rs.logFor.Seconds() * float64(f.rate) * float64(f.frame()))
+	rs.log.append(msg[n:])
+	st.canMove.Store(true)
 }
 
 // leg is the current leg.
@@ -303,7 +335,7 @@ func (st *stream) clientToRegion() {
 			st.clientEnded(err.(readErr).err)
 			return
 		}
-		if st.resume != nil {
+		if st.movable() {
 			// The leg failed under the write: the region pump sees it too
 			// and resumes the stream; the audio is in the log.
 			continue
@@ -340,10 +372,12 @@ func (st *stream) fromClientResumable(mt int, rd io.Reader) error {
 				return nil // answered here: the new region will hear audio soon
 			}
 		}
-		if st.state != streamResuming {
+		if st.state != streamResuming && rs.proto != nil {
 			rs.proto.client(typ, msg, rs.log.end())
 		}
-	} else if len(msg) > 0 {
+	} else if rs.proto == nil {
+		st.decideWAV(msg) // the first audio says whether the stream can move
+	} else if len(msg) > 0 && st.canMove.Load() {
 		over := rs.log.over
 		if rs.log.append(msg); rs.log.over && !over {
 			// Too long without a final: the stream can no longer move.
@@ -462,6 +496,16 @@ func (st *stream) fromRegionResumable(rd io.Reader) error {
 	msg := buf.Bytes()
 	rs := st.resume
 	st.mu.Lock()
+	if rs.proto == nil { // not known yet to be movable: as it is
+		st.mu.Unlock()
+		if err := st.client.WriteMessage(websocket.TextMessage, msg); err != nil {
+			return err
+		}
+		st.down.messages++
+		st.down.bytes += int64(len(msg))
+		st.touch()
+		return nil
+	}
 	before := rs.proto.watermark()
 	out := rs.proto.shift(string(messageType(msg[:min(len(msg), 256)])), msg, st.outBuf[:0])
 	w := rs.proto.watermark()
@@ -497,7 +541,9 @@ func (st *stream) mayResume(l *leg, err error) bool {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.state != streamOpen || rs.log.over || (st.closeStreamSent.Load() && rs.proto.finished(rs.log.end() > rs.log.start)) {
+	// A container stream whose first audio has not come yet has lost
+	// nothing: it moves with an empty log.
+	if st.state != streamOpen || (rs.proto != nil && !st.canMove.Load()) || rs.log.over || (st.closeStreamSent.Load() && rs.proto != nil && rs.proto.finished(rs.log.end() > rs.log.start)) {
 		return false
 	}
 	if l.failed.Load() || l.retired.Load() {
@@ -588,7 +634,16 @@ func (st *stream) replay(nl *leg) (float64, error) {
 	if rs.log.over {
 		return 0, errLogFull
 	}
-	first, at := rs.proto.resumed(rs.log.start)
+	if rs.header != nil {
+		if err := nl.conn.WriteMessage(websocket.BinaryMessage, rs.header); err != nil {
+			return 0, err
+		}
+	}
+	var first [][]byte
+	var at []queued
+	if rs.proto != nil {
+		first, at = rs.proto.resumed(rs.log.start)
+	}
 	for _, m := range first {
 		if err := nl.conn.WriteMessage(websocket.TextMessage, m); err != nil {
 			return 0, err
@@ -610,13 +665,18 @@ func (st *stream) replay(nl *leg) (float64, error) {
 			return 0, err
 		}
 		pos = max(pos, ev.at)
-		rs.proto.client(string(messageType(ev.msg)), ev.msg, ev.at)
+		if rs.proto != nil {
+			rs.proto.client(string(messageType(ev.msg)), ev.msg, ev.at)
+		}
 		if err := nl.conn.WriteMessage(websocket.TextMessage, ev.msg); err != nil {
 			return 0, err
 		}
 	}
 	if err := st.replayAudio(nl, pos, rs.log.end()); err != nil {
 		return 0, err
+	}
+	if rs.proto == nil {
+		return 0, nil
 	}
 	return rs.proto.audio().seconds(int64(len(rs.log.buf))), nil
 }
@@ -680,7 +740,7 @@ func (st *stream) regionEnded(err error) {
 		} else {
 			l.failed.Store(true)
 			reason := "region connection lost"
-			if st.resume == nil && st.kind == "/v1/listen" {
+			if !st.movable() && st.kind == "/v1/listen" {
 				reason += " (container audio cannot be resumed elsewhere)"
 			}
 			st.closeClient(websocket.CloseInternalServerErr, reason)
@@ -796,7 +856,7 @@ func (st *stream) lost(l *leg, reason string) {
 	if l.failed.Swap(true) {
 		return
 	}
-	if st.resume == nil {
+	if !st.movable() {
 		st.closeClient(websocket.CloseInternalServerErr, reason)
 	}
 	l.closed.Store(true)

@@ -700,3 +700,31 @@ func runFluxScript(t *testing.T, e *mxEnv, query string, pcm []byte, script []st
 	defer mu.Unlock()
 	return seen
 }
+
+// TestResumeWAV moves a stream of WAV audio (no encoding in the query):
+// the header is sent to the new region before the replay, and the client
+// sees exactly what a run without the fault gives.
+func TestResumeWAV(t *testing.T) {
+	e := newMxEnvWith(t, sim.Options{}, `
+health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_requests: 1000000}}
+`)
+	wav := sim.WAV(sim.Synthesize(resumeWords, 16000, 7.0), 16000, 1)
+	const query = "/v1/listen?interim_results=true&utterance_end_ms=1000&vad_events=true&endpointing=100"
+	chunks := (len(wav) + 3199) / 3200
+	var plain []step
+	for i := range chunks {
+		plain = append(plain, step{chunk: i})
+	}
+	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	baseline := runScriptOn(t, e, query, 3200, wav, plain)
+	for _, k := range []int{3, 16, 29, 47, 63} {
+		script := append(append(append([]step{}, plain[:k]...), step{chunk: -1, kill: true}), plain[k:]...)
+		got := runScriptOn(t, e, query, 3200, wav, script)
+		if strings.Join(got, "\n") != strings.Join(baseline, "\n") {
+			t.Errorf("killed after chunk %d: the client saw\n  %s\nwant\n  %s", k, strings.Join(got, "\n  "), strings.Join(baseline, "\n  "))
+		}
+	}
+	if n := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]; n != 5 {
+		t.Errorf("%d WAV streams moved, want 5", n)
+	}
+}
