@@ -494,7 +494,7 @@ regions:
 // TestDroppedStreamCountsAgainstRegion is the review's other bug: a region
 // that accepts a stream and then drops it was recorded as a success.
 func TestDroppedStreamCountsAgainstRegion(t *testing.T) {
-	r := startRouter(t, failoverRegions(""))
+	r := startRouter(t, failoverRegions("retry: {resume_log: 0s}")) // a stream that cannot move
 	c, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
 	if err != nil {
 		t.Fatal(err)
