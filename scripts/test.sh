@@ -8,10 +8,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-# Two tests want more than Go: the status page's browser test (Chromium)
-# and the deployer's check of its generated Python (python3). They are
-# installed when missing and possible (root on Debian); otherwise those
-# tests skip and say why.
+# Some tests want more than Go: the status page's browser test (Chromium),
+# the deployer's check of its generated Python (python3) and the JS SDK
+# test (Node, npm and @deepgram/sdk). They are installed when missing and
+# possible (root on Debian; the npm registry); otherwise those tests skip
+# and say why.
 install() { # command package
 	command -v "$1" >/dev/null 2>&1 && return
 	[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
@@ -23,6 +24,16 @@ install() { # command package
 }
 install chromium chromium
 install python3 python3-minimal
+install node nodejs
+install npm npm
+
+# The official JS SDK, for the stream-survival test (server/jssdk_test.go).
+jssdk=server/testdata/jssdk
+if command -v npm >/dev/null 2>&1 && [ ! -d "$jssdk/node_modules/@deepgram/sdk" ]; then
+	echo "installing @deepgram/sdk into $jssdk"
+	(cd "$jssdk" && npm install --no-audit --no-fund --silent) ||
+		echo "could not install @deepgram/sdk (npm install in $jssdk failed above): the JS SDK test will skip"
+fi
 
 go vet ./...
 go test -race ./...
