@@ -34,9 +34,10 @@ func (h *Handler) FailoversBy(c failover.Cause) uint64 { return h.engine.Failove
 func (h *Handler) RetriesInProgress() int { return h.engine.RetriesInProgress() }
 
 // decide ranks the regions for r, leaving out those in exclude, and starts
-// the failover run that walks them. The error is the router's answer;
+// the failover run that walks them, for a search that began at start (its
+// deadline runs from there). The error is the router's answer;
 // otherwise the caller must End the run.
-func (h *Handler) decide(r *http.Request, x *exchange, exclude map[string]bool) (*failover.Run, *apiError) {
+func (h *Handler) decide(r *http.Request, x *exchange, exclude map[string]bool, start time.Time) (*failover.Run, *apiError) {
 	q := routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader)}
 	if x.key != nil && len(x.key.Regions) > 0 {
 		q.Allow, q.AllowRule = x.snap.Table.Mask(x.key.Regions), "key "+x.key.Name
@@ -63,7 +64,7 @@ func (h *Handler) decide(r *http.Request, x *exchange, exclude map[string]bool) 
 	}
 	d.Candidates = kept
 	x.decision = d
-	return h.engine.Begin(r.Context(), failover.Plan{Regions: regions, Reason: d.Reason, Confined: d.Rule != ""}, x.start), nil
+	return h.engine.Begin(r.Context(), failover.Plan{Regions: regions, Reason: d.Reason, Confined: d.Rule != ""}, start), nil
 }
 
 // upstream is the region an attempt goes to.

@@ -80,7 +80,7 @@ func (f *httpForwarder) serve(w http.ResponseWriter, r *http.Request, x *exchang
 		f.h.reject(w, r, x, upstreamError(r.Context(), "", &http.MaxBytesError{Limit: limit}))
 		return
 	}
-	run, apiErr := f.h.decide(r, x, nil)
+	run, apiErr := f.h.decide(r, x, nil, x.start)
 	if apiErr != nil {
 		f.h.reject(w, r, x, apiErr)
 		return

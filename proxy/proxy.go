@@ -172,6 +172,13 @@ func (h *Handler) Shutdown(ctx context.Context) {
 	drains.Wait()
 }
 
+// shuttingDown reports whether Shutdown has begun.
+func (h *Handler) shuttingDown() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closing
+}
+
 // OpenStreams is how many streams are being relayed now.
 func (h *Handler) OpenStreams() int {
 	h.mu.Lock()

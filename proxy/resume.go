@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"maps"
 	"math"
 	"net/url"
 	"slices"
@@ -233,6 +234,26 @@ var (
 	_ protocol = (*fluxTrack)(nil)
 )
 
+// A snapshotter can save and restore its state, so that a replay that
+// fails part-way can be tried again on the next region.
+type snapshotter interface {
+	snapshot() any
+	restore(any)
+}
+
+func (t *listenTrack) snapshot() any {
+	c := *t
+	c.finalizes = slices.Clone(t.finalizes)
+	c.finalEnd = maps.Clone(t.finalEnd)
+	return c
+}
+
+func (t *listenTrack) restore(v any) { *t = v.(listenTrack) }
+
+func (t *fluxTrack) snapshot() any { return *t }
+
+func (t *fluxTrack) restore(v any) { *t = v.(fluxTrack) }
+
 // listenTrack is what the relay learns of a /v1/listen stream as messages
 // pass, for resuming it: stream offsets in bytes, times in seconds of the
 // client's time.
@@ -248,6 +269,7 @@ type listenTrack struct {
 	lastUtter   float64 // the last UtteranceEnd passed on
 	lastWordEnd float64 // the end of the last word in a final passed on
 	lastChannel []int
+	channels    int  // channels results come for (channel_index[1])
 	utterOwed   bool // an UtteranceEnd the lost region would have sent
 }
 
@@ -270,8 +292,8 @@ type finalResult struct {
 
 // watermark is the stream offset up to which every channel has its finals.
 func (t *listenTrack) watermark() int64 {
-	if len(t.finalEnd) == 0 {
-		return 0
+	if len(t.finalEnd) == 0 || len(t.finalEnd) < t.channels {
+		return 0 // a channel has no final yet: none of its audio is covered
 	}
 	w := math.Inf(1)
 	for _, e := range t.finalEnd {
@@ -293,7 +315,7 @@ func (t *listenTrack) resumed(start int64) ([][]byte, []queued) {
 	var at []queued
 	for _, f := range t.finalizes {
 		if f >= start { // else a later final covered its audio
-			at = append(at, queued{f, []byte(`{"type":"Finalize"}`)})
+			at = append(at, queued{at: f, msg: []byte(`{"type":"Finalize"}`)})
 		}
 	}
 	t.finalizes = t.finalizes[:0]
@@ -367,12 +389,8 @@ func (t *listenTrack) shift(typ string, msg []byte, out [][]byte) [][]byte {
 		t.utterOwed = false
 	case "SpeechStarted":
 		v := t.shiftField(m, "timestamp")
-		if t.utterOwed {
-			if v >= due {
-				owedBefore = true
-			} else {
-				t.utterOwed = false
-			}
+		if t.utterOwed && v >= due {
+			owedBefore = true // (voice before then, with no word, does not cancel it)
 		}
 		if v <= t.lastSpeech {
 			return t.owed(out, owedBefore)
@@ -459,6 +477,9 @@ func (t *listenTrack) observeFinal(msg []byte) {
 	if len(r.ChannelIndex) > 0 {
 		ch = r.ChannelIndex[0]
 		t.lastChannel = r.ChannelIndex
+		if len(r.ChannelIndex) > 1 {
+			t.channels = r.ChannelIndex[1] // results come for this many channels
+		}
 	}
 	if t.finalEnd == nil {
 		t.finalEnd = make(map[int]float64, 1)
@@ -467,7 +488,7 @@ func (t *listenTrack) observeFinal(msg []byte) {
 	if alts := r.Channel.Alternatives; len(alts) > 0 && len(alts[0].Words) > 0 {
 		t.lastWordEnd = alts[0].Words[len(alts[0].Words)-1].End
 	}
-	if r.FromFinalize && len(t.finalizes) > 0 {
+	if r.FromFinalize && ch == 0 && len(t.finalizes) > 0 { // once per set of channels
 		t.finalizes = t.finalizes[1:]
 	}
 }
@@ -655,15 +676,18 @@ func (t *fluxTrack) resumed(start int64) ([][]byte, []queued) {
 	if t.configure == nil {
 		return nil, nil
 	}
+	// The lost region's answers will never come: only the answer to this
+	// replay is owed or not.
+	t.swallow = 0
 	if t.answered >= t.sent {
-		t.swallow++
+		t.swallow = 1
 	}
 	t.sent-- // sent again below, and counted again by client
 	if t.configAt < start {
 		t.sent++
 		return [][]byte{t.configure}, nil
 	}
-	return nil, []queued{{t.configAt, t.configure}}
+	return nil, []queued{{at: t.configAt, msg: t.configure}}
 }
 
 func (t *fluxTrack) shift(typ string, msg []byte, out [][]byte) [][]byte {

@@ -73,8 +73,11 @@ type stream struct {
 	pinged     atomic.Bool   // a ping is out and nothing has been heard since
 	delivering atomic.Bool   // the region pump is writing to the client
 	pingTimer  *time.Timer
-	ended      atomic.Bool // run has returned
-	canMove    atomic.Bool // resume is set up: the stream can move
+	ended      atomic.Bool         // run has returned
+	canMove    atomic.Bool         // resume is set up: the stream can move
+	next       atomic.Pointer[leg] // a leg being replayed to, not yet current
+	ctx        context.Context     // ends when the client does: stops a move
+	cancel     context.CancelFunc
 
 	kind string // the API path, which says how the stream can be drained
 
@@ -90,8 +93,9 @@ type stream struct {
 // queued is a client's control message held while the stream moves, with
 // where in the audio it came, so that it is replayed at the same point.
 type queued struct {
-	at  int64
-	msg []byte
+	at     int64
+	msg    []byte
+	binary bool // audio that came while the stream's format was not yet known
 }
 
 type streamState int
@@ -115,6 +119,7 @@ type leg struct {
 	// or after planMoveWait, the leg is retired and the stream moves on.
 	retiring atomic.Bool
 	retired  atomic.Bool
+	settled  atomic.Bool
 }
 
 // planMoveWait bounds how long a planned move waits for a final.
@@ -168,6 +173,7 @@ func newStream(h *Handler, r *http.Request, x *exchange, client *websocket.Conn,
 	o := h.opts
 	st := &stream{h: h, req: r, x: x, client: client, grace: o.CloseGrace, idle: o.StreamIdle,
 		kind: r.URL.Path, ping: o.RegionPing}
+	st.ctx, st.cancel = context.WithCancel(r.Context())
 	if st.grace <= 0 {
 		st.grace = 5 * time.Second
 	}
@@ -182,6 +188,7 @@ func newStream(h *Handler, r *http.Request, x *exchange, client *websocket.Conn,
 			// Container audio: a WAV header can be sent again before the
 			// replay; decided at the first audio (decideWAV).
 			st.resume = &resumeState{tried: map[string]bool{}, logFor: o.ResumeLog, utterance: utteranceEnd(r.URL.RawQuery)}
+			st.canMove.Store(true) // until its first audio says otherwise
 		}
 		if f, ok := rawFormat(r.URL.RawQuery); ok {
 			var p protocol
@@ -212,17 +219,23 @@ func (st *stream) attach(l *leg) {
 		st.heardRegion()
 		return nil
 	})
-	// A region declared down loses the leg at once rather than letting it
-	// stall until a timeout.
+	if l.stop == nil {
+		st.watch(l)
+	}
+	st.legs = append(st.legs, l)
+	st.cur.Store(l)
+	st.heardRegion()
+}
+
+// watch cuts l at once when its region is declared down, rather than
+// letting it stall until a timeout.
+func (st *stream) watch(l *leg) {
 	a := l.a
 	l.stop = context.AfterFunc(a.Context(), func() {
 		if errors.Is(context.Cause(a.Context()), health.ErrDown) {
 			st.lost(l, "region "+l.name+" stopped answering")
 		}
 	})
-	st.legs = append(st.legs, l)
-	st.cur.Store(l)
-	st.heardRegion()
 }
 
 // movable reports whether the stream can move to another region. Safe
@@ -236,7 +249,12 @@ func (st *stream) decideWAV(msg []byte) {
 	rs := st.resume
 	f, n, ok := wavHeader(msg)
 	if !ok {
-		rs.proto = notMovable{} // answered once; canMove stays false
+		rs.proto = notMovable{} // answered once
+		st.canMove.Store(false)
+		if st.state == streamResuming {
+			// Moving with nothing logged: this audio goes to the new region.
+			st.pending = append(st.pending, queued{at: rs.log.end(), msg: bytes.Clone(msg), binary: true})
+		}
 		return
 	}
 	rs.header = bytes.Clone(msg[:n])
@@ -269,26 +287,38 @@ func (st *stream) run() {
 	st.clientToRegion()
 	<-done
 	st.ended.Store(true)
+	st.cancel()
 	_ = st.client.Close()
 	_ = st.leg().conn.Close()
 }
 
-// finish settles every leg with its region: a leg lost is one more
-// failure for it, and every lease comes back.
+// finish settles every leg with its region.
 func (st *stream) finish() {
 	if rs := st.resume; rs != nil && rs.moving != nil {
 		st.h.resumed(*rs.moving) // no message came after the move
 		rs.moving = nil
 	}
 	for _, l := range st.legs {
+		l.settle()
+	}
+}
+
+// settle ends a leg with its region, once: a leg lost is one more failure
+// for it, and its lease comes back (at once for a leg the stream left, so
+// that a drained region empties and a recovered one shows no phantom load).
+func (l *leg) settle() {
+	if l.settled.Swap(true) {
+		return
+	}
+	if l.stop != nil {
 		l.stop()
-		if l.failed.Load() {
-			l.a.Report(failover.Result{Status: http.StatusSwitchingProtocols, Err: errStreamLost})
-		}
-		l.a.Release()
-		if l.run != nil {
-			l.run.End()
-		}
+	}
+	if l.failed.Load() {
+		l.a.Report(failover.Result{Status: http.StatusSwitchingProtocols, Err: errStreamLost})
+	}
+	l.a.Release()
+	if l.run != nil {
+		l.run.End()
 	}
 }
 
@@ -381,6 +411,7 @@ func (st *stream) fromClientResumable(mt int, rd io.Reader) error {
 		over := rs.log.over
 		if rs.log.append(msg); rs.log.over && !over {
 			// Too long without a final: the stream can no longer move.
+			st.canMove.Store(false)
 			st.h.resumed(Resume{From: st.leg().name, Result: resumeLogFull})
 		}
 	}
@@ -389,7 +420,7 @@ func (st *stream) fromClientResumable(mt int, rd io.Reader) error {
 	st.touch()
 	if st.state == streamResuming {
 		if mt == websocket.TextMessage {
-			st.pending = append(st.pending, queued{rs.log.end(), bytes.Clone(msg)})
+			st.pending = append(st.pending, queued{at: rs.log.end(), msg: bytes.Clone(msg)})
 		}
 		return nil
 	}
@@ -398,6 +429,7 @@ func (st *stream) fromClientResumable(mt int, rd io.Reader) error {
 
 // clientEnded passes the end of the client's side to the region.
 func (st *stream) clientEnded(err error) {
+	st.cancel() // a move in progress stops: nobody is left to move for
 	st.mu.Lock()
 	st.state = streamClosing
 	st.mu.Unlock()
@@ -460,17 +492,17 @@ func (st *stream) pumpLeg(l *leg) error {
 		}
 		// While a message is being delivered to a slow client, the region
 		// is not being read: its pongs wait, and say nothing of it.
-		st.delivering.Store(true)
 		switch {
 		case st.clientLost.Load():
 			// Drain: nobody to deliver to, but the region must finish.
 			_, err = io.Copy(io.Discard, rd)
 		case st.resume != nil && mt == websocket.TextMessage:
-			err = st.fromRegionResumable(rd)
+			err = st.fromRegionResumable(rd) // marks its own client writes
 		default:
+			st.delivering.Store(true)
 			err = st.copyMessage(st.client, mt, rd, &st.down, false)
+			st.delivering.Store(false)
 		}
-		st.delivering.Store(false)
 		if err != nil {
 			if isReadErr(err) {
 				return err.(readErr).err
@@ -518,6 +550,8 @@ func (st *stream) fromRegionResumable(rd io.Reader) error {
 		mv.Gap = time.Since(rs.lostAt)
 		st.h.resumed(*mv)
 	}
+	st.delivering.Store(true)
+	defer st.delivering.Store(false)
 	for _, m := range out {
 		if err := st.client.WriteMessage(websocket.TextMessage, m); err != nil {
 			return err
@@ -536,7 +570,7 @@ func (st *stream) fromRegionResumable(rd io.Reader) error {
 // than ended) and the stream can move.
 func (st *stream) mayResume(l *leg, err error) bool {
 	rs := st.resume
-	if rs == nil || st.clientLost.Load() || st.drained.Load() || st.ended.Load() {
+	if rs == nil || st.clientLost.Load() || st.drained.Load() || st.ended.Load() || st.h.shuttingDown() {
 		return false
 	}
 	st.mu.Lock()
@@ -574,10 +608,17 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 	}
 	l.closed.Store(true)
 	_ = l.conn.NetConn().Close()
-	rs.tried[l.name] = true
+	l.settle()
+	if rs.moving != nil { // the last move got no message before this loss
+		st.h.resumed(*rs.moving)
+		rs.moving = nil
+	}
+	// The regions this loss has cost are not tried again for it; a later
+	// loss starts afresh (health and breakers keep down regions out).
+	rs.tried = map[string]bool{l.name: true}
 	lostAt := time.Now()
 	for {
-		nl := st.h.ws.reconnect(st.req, st.x, rs.tried)
+		nl := st.h.ws.reconnect(st.req.WithContext(st.ctx), st.x, rs.tried)
 		if nl == nil {
 			st.h.resumed(Resume{From: l.name, Result: resumeNoRegion})
 			st.mu.Lock()
@@ -586,22 +627,29 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 			st.closeClient(websocket.CloseInternalServerErr, "region "+l.name+" lost and no other region could take the stream")
 			return false
 		}
+		st.watch(nl)
+		st.next.Store(nl) // kill and abandon reach it during the replay
 		st.mu.Lock()
 		if st.state == streamClosing {
 			st.mu.Unlock()
+			st.next.Store(nil)
 			nl.closed.Store(true)
 			_ = nl.conn.Close()
-			nl.a.Release()
-			nl.run.End()
+			nl.settle()
 			return false
 		}
+		// A region that takes the handshake and then stops reading must
+		// not hold the stream (and mu) forever.
+		_ = nl.conn.SetWriteDeadline(time.Now().Add(st.replayTimeout()))
 		replayed, err := st.replay(nl)
+		_ = nl.conn.SetWriteDeadline(time.Time{})
+		st.next.Store(nil)
 		if err == errLogFull {
 			st.state = streamClosing
 			st.mu.Unlock()
 			nl.closed.Store(true)
 			_ = nl.conn.Close()
-			st.legs = append(st.legs, nl)
+			nl.settle()
 			st.closeClient(websocket.CloseInternalServerErr, "region "+l.name+" lost while more audio than the resume log holds waited for a final")
 			return false
 		}
@@ -609,8 +657,9 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 			st.mu.Unlock()
 			rs.tried[nl.name] = true
 			nl.failed.Store(true)
+			nl.closed.Store(true)
 			_ = nl.conn.Close()
-			st.legs = append(st.legs, nl) // settled with the rest at the end
+			nl.settle()
 			continue
 		}
 		rs.resumes++
@@ -625,6 +674,11 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 	}
 }
 
+// replayTimeout bounds writing the replay to a new region.
+func (st *stream) replayTimeout() time.Duration {
+	return max(st.h.opts.HandshakeTimeout, 2*st.ping, 5*time.Second)
+}
+
 // replay sends the new leg the log, with each Finalize the lost region had
 // not answered and each control message the client sent meanwhile at its
 // place in the audio, then a CloseStream the lost region had not answered.
@@ -634,6 +688,26 @@ func (st *stream) replay(nl *leg) (float64, error) {
 	if rs.log.over {
 		return 0, errLogFull
 	}
+	// A replay that fails part-way is tried again on the next region: what
+	// it consumed is put back.
+	pending := st.pending
+	var saved any
+	if s, ok := rs.proto.(snapshotter); ok {
+		saved = s.snapshot()
+	}
+	replayed, err := st.replayOnce(nl)
+	if err != nil {
+		st.pending = pending
+		if s, ok := rs.proto.(snapshotter); ok {
+			s.restore(saved)
+		}
+	}
+	return replayed, err
+}
+
+// replayOnce is one attempt at replay.
+func (st *stream) replayOnce(nl *leg) (float64, error) {
+	rs := st.resume
 	if rs.header != nil {
 		if err := nl.conn.WriteMessage(websocket.BinaryMessage, rs.header); err != nil {
 			return 0, err
@@ -656,7 +730,7 @@ func (st *stream) replay(nl *leg) (float64, error) {
 		events = append(events, q)
 	}
 	if st.closeStreamSent.Load() && !closing {
-		events = append(events, queued{rs.log.end(), []byte(`{"type":"CloseStream"}`)})
+		events = append(events, queued{at: rs.log.end(), msg: []byte(`{"type":"CloseStream"}`)})
 	}
 	st.pending = nil
 	pos := rs.log.start
@@ -668,7 +742,11 @@ func (st *stream) replay(nl *leg) (float64, error) {
 		if rs.proto != nil {
 			rs.proto.client(string(messageType(ev.msg)), ev.msg, ev.at)
 		}
-		if err := nl.conn.WriteMessage(websocket.TextMessage, ev.msg); err != nil {
+		mt := websocket.TextMessage
+		if ev.binary {
+			mt = websocket.BinaryMessage
+		}
+		if err := nl.conn.WriteMessage(mt, ev.msg); err != nil {
 			return 0, err
 		}
 	}
@@ -884,10 +962,14 @@ func (st *stream) abandon() {
 	st.kill()
 }
 
-// kill cuts both sockets at once.
+// kill cuts both sockets at once (and a leg being replayed to).
 func (st *stream) kill() {
+	st.cancel()
 	_ = st.client.NetConn().Close()
 	_ = st.leg().conn.NetConn().Close()
+	if nl := st.next.Load(); nl != nil {
+		_ = nl.conn.NetConn().Close()
+	}
 }
 
 // closePayload formats a close frame; codes that may not be sent on the

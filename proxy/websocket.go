@@ -85,7 +85,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		s.h.reject(w, r, x, e)
 		return
 	}
-	run, apiErr := s.h.decide(r, x, nil)
+	run, apiErr := s.h.decide(r, x, nil, x.start)
 	if apiErr != nil {
 		s.h.reject(w, r, x, apiErr)
 		return
@@ -161,7 +161,10 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 // the regions the stream has lost, within the retry budget. nil: no
 // region could take it.
 func (s *wsRelay) reconnect(r *http.Request, x *exchange, tried map[string]bool) *leg {
-	run, apiErr := s.h.decide(r, x, tried)
+	// Routed as a new stream would be now: the current config and regions,
+	// and a deadline from the loss, not from the stream's start.
+	x.snap = s.h.snap.Load()
+	run, apiErr := s.h.decide(r, x, tried, time.Now())
 	if apiErr != nil {
 		return nil
 	}

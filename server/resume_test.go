@@ -728,3 +728,98 @@ health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_re
 		t.Errorf("%d WAV streams moved, want 5", n)
 	}
 }
+
+// TestMoveOnAgain: the first region the stream moves to takes the
+// handshake and then resets the connection during the replay; the stream
+// moves on to the next, exact, and every region's lease comes back.
+func TestMoveOnAgain(t *testing.T) {
+	e := newMxEnvWith(t, sim.Options{}, `
+health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_requests: 1000000}}
+`)
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	var plain []step
+	for i := range (len(pcm) + 3199) / 3200 {
+		plain = append(plain, step{chunk: i})
+	}
+	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	baseline := runScript(t, e, pcm, plain)
+	script := append(append(append([]step{}, plain[:30]...), step{chunk: -1, kill: true, heard: 1.35}), plain[30:]...)
+	got := runScriptWith(t, e, resumeQuery, 3200, pcm, script, func() {
+		e.proxies[1].Set(chaos.ResetAfter(400)) // us-west: past its 101, inside the first results
+		e.proxies[0].Set(chaos.Kill())
+	})
+	e.proxies[1].Set(chaos.Pass())
+	if strings.Join(got, "\n") != strings.Join(baseline, "\n") {
+		t.Errorf("the client saw\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(baseline, "\n  "))
+	}
+	mv := e.r.srv.proxy.Resumes().Moves
+	t.Logf("moves %v", mv)
+	if mv[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]+mv[proxy.ResumeKey{From: "us-west", To: "eu-west", Result: "ok"}] != 2 &&
+		mv[proxy.ResumeKey{From: "us-east", To: "eu-west", Result: "ok"}] != 1 {
+		t.Errorf("moves %v: want us-east to us-west to eu-west (or us-east to eu-west if us-west failed the replay)", mv)
+	}
+}
+
+// TestLeftRegionEmpties: a stream that moves off a drained region gives
+// its lease back at once, not when it ends, so the region empties.
+func TestLeftRegionEmpties(t *testing.T) {
+	e := newMxEnv(t, sim.Options{})
+	c, _, err := mxDialer.Dial(e.r.ws(resumeQuery), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	for i := 0; i < 3200*20; i += 3200 {
+		if err := c.WriteMessage(websocket.BinaryMessage, pcm[i:i+3200]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+e.r.admin+"/regions/us-east/drain", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// More audio brings the next final, where the stream moves.
+	for i := 3200 * 20; i < 3200*40; i += 3200 {
+		if err := c.WriteMessage(websocket.BinaryMessage, pcm[i:i+3200]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "us-east to empty while the stream goes on elsewhere", func() bool {
+		return e.east().InFlight() == 0 && e.r.srv.proxy.OpenStreams() == 1
+	})
+}
+
+// TestMoveAfterTheDeadline: a stream older than retry.deadline still gets
+// every attempt of a move (the deadline runs from the loss).
+func TestMoveAfterTheDeadline(t *testing.T) {
+	e := newMxEnvWith(t, sim.Options{}, `
+health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_requests: 1000000}}
+retry: {deadline: 200ms}
+`)
+	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
+	var plain []step
+	for i := range (len(pcm) + 3199) / 3200 {
+		plain = append(plain, step{chunk: i})
+	}
+	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	baseline := runScript(t, e, pcm, plain)
+	script := append(append(append([]step{}, plain[:30]...), step{chunk: -1, kill: true, heard: 1.35}), plain[30:]...)
+	start := time.Now()
+	got := runScriptWith(t, e, resumeQuery, 3200, pcm, script, func() {
+		for time.Since(start) < 300*time.Millisecond { // older than the deadline
+			runtime.Gosched()
+		}
+		e.sims[1].SetMode(sim.ModeRefuse) // us-west refuses: the move must go on to eu-west
+		e.proxies[0].Set(chaos.Kill())
+	})
+	e.sims[1].SetMode(sim.ModeOK)
+	if strings.Join(got, "\n") != strings.Join(baseline, "\n") {
+		t.Errorf("the client saw\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(baseline, "\n  "))
+	}
+	if n := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "eu-west", Result: "ok"}]; n != 1 {
+		t.Errorf("moves %v, want one to eu-west", e.r.srv.proxy.Resumes().Moves)
+	}
+}
