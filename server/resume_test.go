@@ -514,11 +514,7 @@ func (*quietT) Errorf(string, ...any) {}
 func TestPlannedMove(t *testing.T) {
 	e := newMxEnv(t, sim.Options{})
 	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
-	var plain []step
-	for i := range (len(pcm) + 3199) / 3200 {
-		plain = append(plain, step{chunk: i})
-	}
-	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	plain := plainScript(pcm, 3200)
 	baseline := runScript(t, e, pcm, plain)
 
 	drain := func(method string) {
@@ -562,11 +558,7 @@ func TestPlannedMove(t *testing.T) {
 func TestReloadMovesStreams(t *testing.T) {
 	e := newMxEnv(t, sim.Options{})
 	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
-	var plain []step
-	for i := range (len(pcm) + 3199) / 3200 {
-		plain = append(plain, step{chunk: i})
-	}
-	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	plain := plainScript(pcm, 3200)
 	baseline := runScript(t, e, pcm, plain)
 	without, err := config.Parse("test.yaml", []byte("auth: {disable: true}\nlog: {level: info}\n"+e.extra+"\nregions:\n"+strings.Join(e.lines[1:], "")))
 	if err != nil {
@@ -737,13 +729,9 @@ func TestMoveOnAgain(t *testing.T) {
 health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_requests: 1000000}}
 `)
 	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
-	var plain []step
-	for i := range (len(pcm) + 3199) / 3200 {
-		plain = append(plain, step{chunk: i})
-	}
-	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	plain := plainScript(pcm, 3200)
 	baseline := runScript(t, e, pcm, plain)
-	script := append(append(append([]step{}, plain[:30]...), step{chunk: -1, kill: true, heard: 1.35}), plain[30:]...)
+	script := withStep(plain, 30, step{chunk: -1, kill: true, heard: 1.35})
 	got := runScriptWith(t, e, resumeQuery, 3200, pcm, script, func() {
 		e.proxies[1].Set(chaos.ResetAfter(400)) // us-west: past its 101, inside the first results
 		e.proxies[0].Set(chaos.Kill())
@@ -800,13 +788,9 @@ health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_re
 retry: {deadline: 200ms}
 `)
 	pcm := sim.Synthesize(resumeWords, 16000, 7.0)
-	var plain []step
-	for i := range (len(pcm) + 3199) / 3200 {
-		plain = append(plain, step{chunk: i})
-	}
-	plain = append(plain, step{chunk: -1, control: "CloseStream"})
+	plain := plainScript(pcm, 3200)
 	baseline := runScript(t, e, pcm, plain)
-	script := append(append(append([]step{}, plain[:30]...), step{chunk: -1, kill: true, heard: 1.35}), plain[30:]...)
+	script := withStep(plain, 30, step{chunk: -1, kill: true, heard: 1.35})
 	start := time.Now()
 	got := runScriptWith(t, e, resumeQuery, 3200, pcm, script, func() {
 		for time.Since(start) < 300*time.Millisecond { // older than the deadline
@@ -822,4 +806,20 @@ retry: {deadline: 200ms}
 	if n := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "eu-west", Result: "ok"}]; n != 1 {
 		t.Errorf("moves %v, want one to eu-west", e.r.srv.proxy.Resumes().Moves)
 	}
+}
+
+// plainScript sends pcm in chunks, then CloseStream.
+func plainScript(pcm []byte, chunk int) []step {
+	var s []step
+	for i := range (len(pcm) + chunk - 1) / chunk {
+		s = append(s, step{chunk: i})
+	}
+	return append(s, step{chunk: -1, control: "CloseStream"})
+}
+
+// withStep is script with st inserted before step k.
+func withStep(script []step, k int, st step) []step {
+	out := append([]step{}, script[:k]...)
+	out = append(out, st)
+	return append(out, script[k:]...)
 }
