@@ -8,13 +8,13 @@ package server
 //
 //	fault                 pre-recorded (POST /v1/listen)         new stream (WS /v1/listen)           stream open on us-east before the fault
 //	--------------------  -------------------------------------  -----------------------------------  ----------------------------------------
-//	killed                200 + full transcript from another     101 from another region at once,     1011 + a reason within 5 s (for now: the
-//	                      region at once; "failover" while it    every word, 1000                     next step moves the stream instead)
+//	killed                200 + full transcript from another     101 from another region at once,     moves to another region: every word
+//	                      region at once; "failover" while it    every word, 1000                     once, 1000
 //	                      is tried, "unhealthy" once it is
 //	                      known down (no failover counted)
-//	hung                  200 + full transcript, none more than  101 within 2 s (hedged after 1 s),   1011 "... stopped answering ..." within
-//	                      5 s slower than healthy: probes        every word, 1000                     5 s (region ping/pong or probes), never
-//	                      declare it down in ~3 s and the                                             a silent stall; no stream left open
+//	hung                  200 + full transcript, none more than  101 within 2 s (hedged after 1 s),   moves within 5 s (region ping/pong or
+//	                      5 s slower than healthy: probes        every word, 1000                     probes): every word once, 1000; never
+//	                      declare it down in ~3 s and the                                             a silent stall
 //	                      requests waiting on it are replayed
 //	503 storm             200 + full transcript from another     101 from another region at once,     unaffected: every word, 1000 (probes
 //	429                   region at once                         every word, 1000                     that see "Critical" only stop new work)
@@ -23,13 +23,13 @@ package server
 //	                      new requests leave us-east             streams leave us-east
 //	                      ("latency"), within 10 s of recovery
 //	                      they are back ("fallback": unlocated)
-//	flapping              every request 200 + full transcript    every stream succeeds                1011 + a reason within 5 s of the kill
+//	flapping              every request 200 + full transcript    every stream succeeds                moves at the kill: every word, 1000
 //	reset mid-response    200 + full transcript from another     after 10 B: 101 from another region  unaffected (only new connections are
 //	(after 10 B, 250 B)   region at once (a transcript is read   at once, every word, 1000; after     reset)
 //	                      whole before it is passed on)          250 B (inside the first frame after
 //	                                                             the 101): the stream is open on
-//	                                                             us-east, so 1011 + a reason, as an
-//	                                                             open stream on a killed region
+//	                                                             us-east and moves, as an open
+//	                                                             stream on a killed region
 //	accepts then closes   200 + full transcript from another     101 from another region at once,     unaffected (only new connections are
 //	                      region at once                         every word, 1000                     closed)
 //
