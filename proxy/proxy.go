@@ -1,5 +1,8 @@
 // Package proxy forwards the Deepgram API to regions: HTTP requests through
-// httputil.ReverseProxy, and WebSocket streams through a message-aware relay.
+// httputil.ReverseProxy, and WebSocket streams through a message-aware relay
+// that moves an open stream to another region when its own is lost (see
+// stream.go for the session and its states, resume.go for what each path's
+// protocol needs to move without losing or repeating a word).
 //
 // For each request the Handler asks routing for ranked candidates and runs
 // its attempts through the failover package's one loop: the HTTP forwarder
