@@ -19,7 +19,7 @@ import (
 //	  defaults: {gpu: L4, target_inputs: 16, max_containers: 8}
 //	  regions:
 //	    us-east: {min_containers: 2}
-//	    eu-west: {container_regions: [eu-west-1]}
+//	    eu-west: {container_regions: [eu-west]}
 type Deploy struct {
 	// Environment is the Modal environment (modal deploy -e). Default: the
 	// profile's, or MODAL_ENVIRONMENT.
@@ -69,7 +69,9 @@ type DeployRegion struct {
 	// us-west, eu-west or ap-south. Default: the region's name.
 	ProxyRegion string `yaml:"proxy_region"`
 	// ContainerRegions are where the containers run (Modal's region=);
-	// keep them near the proxy region. Default: [proxy_region].
+	// keep them near the proxy region. Modal's names: broad (us, eu, ap,
+	// uk, ca, me, sa, af, mx) or narrow (us-east, us-central, ...; see
+	// ComputeRegions). Default: [proxy_region].
 	ContainerRegions []string `yaml:"container_regions"`
 	GPU              string   `yaml:"gpu"`    // default L4
 	CPU              float64  `yaml:"cpu"`    // cores; default 4
@@ -119,6 +121,16 @@ func clock(s string) (time.Duration, error) {
 
 // ProxyRegions are the regions Modal's edge proxies serve.
 var ProxyRegions = []string{"us-east", "us-west", "eu-west", "ap-south"}
+
+// ComputeRegions are the region names Modal accepts for containers
+// (region=) without a contract: broad, then narrow (from modal-client 1.5.4,
+// as recorded in PROTOCOL.md). Cloud names such as eu-west-1 need Modal's
+// sales team, so they are refused here rather than at deploy time.
+var ComputeRegions = []string{
+	"us", "eu", "ap", "uk", "ca", "me", "sa", "af", "mx",
+	"us-east", "us-central", "us-south", "us-west", "eu-west", "eu-north", "eu-south",
+	"ap-northeast", "ap-southeast", "ap-south", "ap-melbourne", "jp", "au",
+}
 
 // AppName is the Modal app of a region.
 func (d *Deploy) AppName(region string) string { return d.AppPrefix + region }
@@ -219,6 +231,11 @@ func (c *Config) validateDeploy() error {
 			return c.errorf(field+".proxy_region", "%q is not one of %s", r.ProxyRegion, strings.Join(ProxyRegions, ", "))
 		case r.CPU < 0 || r.Memory < 0:
 			return c.errorf(field, "cpu and memory must not be negative")
+		case slices.ContainsFunc(r.ContainerRegions, func(n string) bool { return !slices.Contains(ComputeRegions, n) }):
+			i := slices.IndexFunc(r.ContainerRegions, func(n string) bool { return !slices.Contains(ComputeRegions, n) })
+			return c.errorf(field+".container_regions", "%q is not a Modal region name (broad: us, eu, ap, uk, ca, me, sa, af, mx; "+
+				"narrow: us-east, us-central, us-south, us-west, eu-west, eu-north, eu-south, ap-northeast, ap-southeast, ap-south, ap-melbourne, jp, au; "+
+				"cloud names such as eu-west-1 need Modal's sales team)", r.ContainerRegions[i])
 		case r.MaxContainers < 1:
 			return c.errorf(field+".max_containers", "must be at least 1")
 		case *r.MinContainers < 0 || *r.MinContainers > r.MaxContainers:

@@ -85,7 +85,7 @@ deploy:
   defaults: {gpu: L40S, target_inputs: 20, max_containers: 6}
   regions:
     us-east: {min_containers: 2, schedule: [{from: "22:00", to: "06:00", min_containers: 4}]}
-    eu-west: {proxy_region: eu-west, container_regions: [eu-west-1], gpu: H100, buffer_containers: 1}
+    eu-west: {proxy_region: eu-west, container_regions: [eu], gpu: H100, buffer_containers: 1}
 `
 
 func TestDeploySection(t *testing.T) {
@@ -103,7 +103,7 @@ func TestDeploySection(t *testing.T) {
 		us.ScaledownWindow != 5*time.Minute || us.Capacity() != 120 || *us.BufferContainers != 0 {
 		t.Errorf("us-east resolved to %+v", us)
 	}
-	if eu.GPU != "H100" || *eu.MinContainers != 1 || *eu.BufferContainers != 1 || eu.ContainerRegions[0] != "eu-west-1" {
+	if eu.GPU != "H100" || *eu.MinContainers != 1 || *eu.BufferContainers != 1 || eu.ContainerRegions[0] != "eu" {
 		t.Errorf("eu-west resolved to %+v", eu)
 	}
 	if d.AppName("us-east") != "earshot-us-east" || d.ReadyTimeout != 20*time.Minute || d.APICommand[0] != "stem" {
@@ -159,5 +159,31 @@ func TestKubernetesConfigMap(t *testing.T) {
 	}
 	if c.Admin != ":9090" {
 		t.Errorf("admin = %q: kubelet probes and Prometheus need it on the pod's address", c.Admin)
+	}
+}
+
+// TestDeployContainerRegions: Modal's broad and narrow region names are
+// accepted; a cloud name (which needs Modal's sales team) is refused at
+// load, naming the field.
+func TestDeployContainerRegions(t *testing.T) {
+	for _, tt := range []struct {
+		regions string
+		ok      bool
+	}{{"[eu]", true}, {"[eu-west, eu-north]", true}, {"[ap-melbourne]", true}, {"[eu-west-1]", false}, {"[europe]", false}} {
+		_, err := Parse("t.yaml", []byte(`
+auth: {disable: true}
+regions:
+  - {name: eu-west, url: sim://eu-west, location: {lat: 53.35, lon: -6.26}}
+deploy:
+  image: registry.example.com/dg:1
+  regions:
+    eu-west: {container_regions: `+tt.regions+`}
+`))
+		if (err == nil) != tt.ok {
+			t.Errorf("container_regions %s: %v, want ok %v", tt.regions, err, tt.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "deploy.regions.eu-west.container_regions") {
+			t.Errorf("the error does not name the field: %v", err)
+		}
 	}
 }

@@ -82,7 +82,7 @@ deploy:
   defaults: {gpu: L4, target_inputs: 8, max_containers: 4}
   regions:
     us-east: {}
-    eu-west: {container_regions: [eu-west-1], gpu: L40S}
+    eu-west: {container_regions: [eu], gpu: L40S}
     ap-south: {min_containers: 2, scaledown_window: 10m}
 `
 
@@ -439,5 +439,21 @@ func TestDestroy(t *testing.T) {
 	rf, _, err := config.ReadRegionsFile(tb.d.Config.RegionsFilePath())
 	if err != nil || len(rf.Regions) != 1 || rf.Regions[0].Name != "us-east" {
 		t.Errorf("regions file after destroying ap-south: %+v, %v; want only us-east", rf, err)
+	}
+}
+
+// TestDestroyAlreadyStopped: destroying an app that is already stopped
+// succeeds (the CLI exits 1 saying so), and the region leaves the file.
+func TestDestroyAlreadyStopped(t *testing.T) {
+	tb := newTestbed(t, testConfig, "FAKE_MODAL_STOPPED=earshot-ap-south")
+	if err := os.WriteFile(tb.d.Config.RegionsFilePath(), []byte("regions:\n  - {name: ap-south, url: https://ap.modal.direct}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.d.Destroy(context.Background(), "ap-south", true, nil); err != nil {
+		t.Fatalf("destroying a stopped app: %v", err)
+	}
+	rf, _, err := config.ReadRegionsFile(tb.d.Config.RegionsFilePath())
+	if err != nil || len(rf.Regions) != 0 {
+		t.Errorf("regions file after destroying ap-south: %+v, %v; want it empty", rf, err)
 	}
 }

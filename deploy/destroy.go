@@ -34,7 +34,11 @@ func (d *Deployer) Destroy(ctx context.Context, region string, yes bool, in io.R
 	args := append([]string{"app", "stop", app, "--yes"}, d.envArgs()...)
 	d.printf(region, "$ modal %s", strings.Join(args, " "))
 	if err := d.run(ctx, modal, args, func(l string) { d.printf(region, "%s", l) }); err != nil {
-		return err
+		// `modal app stop` of a stopped app exits 1 saying so (PROTOCOL.md,
+		// from modal-client's cli/app.py): the app is gone, as asked.
+		if !strings.Contains(err.Error(), "App is already stopped") {
+			return err
+		}
 	}
 	if d.Config.RegionsFilePath() != "" {
 		err := d.updateRegions(func(rf *config.RegionsFile) {

@@ -38,6 +38,11 @@ func main() {
 	case len(args) >= 3 && args[0] == "app" && args[1] == "list" && slices.Contains(args, "--json"):
 		list()
 	case len(args) >= 3 && args[0] == "app" && args[1] == "stop":
+		if slices.Contains(strings.Split(os.Getenv("FAKE_MODAL_STOPPED"), ","), args[2]) {
+			// The real CLI's answer for an app that is not running.
+			fmt.Fprintln(os.Stderr, "App is already stopped.")
+			os.Exit(1)
+		}
 		fmt.Printf("✓ App %s stopped.\n", args[2])
 	default:
 		fmt.Fprintf(os.Stderr, "Usage: modal [OPTIONS] COMMAND [ARGS]...\nTry 'modal -h' for help.\n\nError: No such command %q.\n", strings.Join(args, " "))
