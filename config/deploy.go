@@ -54,6 +54,10 @@ type Deploy struct {
 	// StartupTimeout bounds a container's wait for the API to answer on
 	// /v1/status before it takes traffic. Default 10m.
 	StartupTimeout time.Duration `yaml:"startup_timeout"`
+	// ExitGracePeriod is how long Modal lets a container that is being
+	// stopped finish what it serves (the Server's exit_grace_period): long
+	// enough for the router to move or drain its streams. Default 60s.
+	ExitGracePeriod time.Duration `yaml:"exit_grace_period"`
 	// ReadyTimeout bounds `deployer apply`'s wait for a deployed region's
 	// /v1/status to report ready. Default 20m.
 	ReadyTimeout time.Duration `yaml:"ready_timeout"`
@@ -195,6 +199,7 @@ func (d *Deploy) applyDefaults() {
 	}
 	setDefault(&d.StartupTimeout, 10*time.Minute)
 	setDefault(&d.ReadyTimeout, 20*time.Minute)
+	setDefault(&d.ExitGracePeriod, 60*time.Second)
 }
 
 func (c *Config) validateDeploy() error {
@@ -208,6 +213,11 @@ func (c *Config) validateDeploy() error {
 	}
 	if d.Image == "" {
 		return c.errorf("deploy.image", "required: the image holding Deepgram's API and engine")
+	}
+	if d.ExitGracePeriod < 0 || d.ExitGracePeriod > time.Hour {
+		// Modal refuses more for a Server (py/modal/_server.py,
+		// validate_http_server_config, modal-client 1.5.4 at 69519ae).
+		return c.errorf("deploy.exit_grace_period", "%v is outside [0, 1h]", d.ExitGracePeriod)
 	}
 	if !nameRE.MatchString(strings.TrimSuffix(d.AppPrefix, "-")) {
 		return c.errorf("deploy.app_prefix", "%q must be lower-case letters, digits and dashes", d.AppPrefix)

@@ -29,7 +29,13 @@ type Result struct {
 
 // endpointRE finds the endpoint in `modal deploy`'s output:
 // "Created flash service endpoint for Deepgram => https://...modal.direct".
-var endpointRE = regexp.MustCompile(`endpoint.*=>\s*(https?://\S+)`)
+// endpointRE finds the endpoint in `modal deploy`'s output. Which line a
+// Server prints is unconfirmed without a Modal account: py/modal/_output/
+// status.py (modal-client 1.5.4 at 69519ae) prints "Created flash service
+// endpoint for X => URL" for a function with flash service URLs, and
+// "Created web function X => URL" (with " 🔑" when proxy auth is required)
+// for one with a web URL; both are read.
+var endpointRE = regexp.MustCompile(`(?:endpoint|web function).*=>\s*(https?://\S+)`)
 
 // Apply deploys the named regions (all when none are named) concurrently,
 // waits for each endpoint to be ready, and writes the regions that made it
@@ -123,7 +129,7 @@ func (d *Deployer) applyRegion(ctx context.Context, modal, region string) Result
 		res.Err = err
 		return res
 	case res.URL == "":
-		res.Err = errors.New("modal deploy succeeded but printed no endpoint URL (\"=> https://....modal.direct\"); is the class served with @modal.experimental.http_server?")
+		res.Err = errors.New("modal deploy succeeded but printed no endpoint URL (\"=> https://....modal.direct\"); is the app's class an @app.server?")
 		return res
 	}
 	d.printf(region, "endpoint %s; waiting for /v1/status to say ready (up to %s)", res.URL, d.deploy().ReadyTimeout)

@@ -7,10 +7,10 @@ import (
 	modal "github.com/modal-labs/modal-client/go"
 )
 
-// Autoscaler changes a deployed class's autoscaler. A later `modal deploy`
+// Autoscaler changes a deployed Server's autoscaler. A later `modal deploy`
 // resets it to the values in the app.
 type Autoscaler interface {
-	SetMinContainers(ctx context.Context, environment, app, class string, min int) error
+	SetMinContainers(ctx context.Context, environment, app, server string, min int) error
 }
 
 // ModalAutoscaler is Autoscaler through Modal's Go SDK. Credentials come
@@ -31,26 +31,19 @@ func NewModalAutoscaler() (*ModalAutoscaler, error) {
 // Close releases the connection.
 func (m *ModalAutoscaler) Close() { m.client.Close() }
 
-// SetMinContainers updates the class's autoscaler through one of its
-// methods: the SDK reaches a class's autoscaler only through a method's
-// function, which for a class without parameters is the class's own
-// service function (the generated app has engine_status for this).
-func (m *ModalAutoscaler) SetMinContainers(ctx context.Context, environment, app, class string, min int) error {
-	cls, err := m.client.Cls.FromName(ctx, app, class, &modal.ClsFromNameParams{Environment: environment})
+// SetMinContainers updates the deployed Server's autoscaler. A Modal
+// Server is a function named after its class (py/modal/app.py, App.server:
+// name defaults to the class name, modal-client 1.5.4 at 69519ae), so the
+// Go SDK finds it with Functions.FromName, and UpdateAutoscaler exists only
+// on a Function (go/function.go at the same commit).
+func (m *ModalAutoscaler) SetMinContainers(ctx context.Context, environment, app, server string, min int) error {
+	fn, err := m.client.Functions.FromName(ctx, app, server, &modal.FunctionFromNameParams{Environment: environment})
 	if err != nil {
-		return fmt.Errorf("find %s.%s: %w", app, class, err)
-	}
-	inst, err := cls.Instance(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("%s.%s: %w", app, class, err)
-	}
-	fn, err := inst.Method("engine_status")
-	if err != nil {
-		return fmt.Errorf("%s.%s: %w", app, class, err)
+		return fmt.Errorf("find %s.%s: %w", app, server, err)
 	}
 	n := uint32(min)
 	if _, err := fn.UpdateAutoscaler(ctx, &modal.FunctionUpdateAutoscalerParams{MinContainers: &n}); err != nil {
-		return fmt.Errorf("update the autoscaler of %s.%s: %w", app, class, err)
+		return fmt.Errorf("update the autoscaler of %s.%s: %w", app, server, err)
 	}
 	return nil
 }

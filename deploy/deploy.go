@@ -39,7 +39,8 @@ import (
 	"github.com/earshot/earshot/config"
 )
 
-// ClassName is the Modal class each region's app serves.
+// ClassName is the Modal Server class each region's app serves; the
+// Server is a function of that name (see ModalAutoscaler).
 const ClassName = "Deepgram"
 
 // Deployer acts on the regions of one config.
@@ -183,6 +184,7 @@ type appData struct {
 	TargetInputs             int
 	ScaledownSeconds         int
 	StartupSeconds           int
+	ExitGraceSeconds         int
 	APICommand               []string
 	EngineCommand            []string
 	Command                  string
@@ -210,8 +212,8 @@ func (d *Deployer) Render(region string) ([]byte, error) {
 		MemoryMiB:     int64(math.Ceil(float64(r.Memory) / float64(config.MiB))),
 		MinContainers: *r.MinContainers, MaxContainers: r.MaxContainers, BufferContainers: *r.BufferContainers,
 		TargetInputs: r.TargetInputs, ScaledownSeconds: int(r.ScaledownWindow / time.Second),
-		StartupSeconds: int(dep.StartupTimeout / time.Second),
-		APICommand:     dep.APICommand, EngineCommand: dep.EngineCommand,
+		StartupSeconds: int(dep.StartupTimeout / time.Second), ExitGraceSeconds: int(dep.ExitGracePeriod / time.Second),
+		APICommand: dep.APICommand, EngineCommand: dep.EngineCommand,
 		Command: strings.Join(strings.Fields(strings.Join(d.deployCommand(region), " ")), " "), // one line: it sits in a comment
 	}
 	if data.Volumes == nil {

@@ -386,7 +386,7 @@ func TestPrerequisites(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(tb.dir, ".modal.toml"), []byte("[default]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := tb.d.checkCredentials(); err != nil {
+	if err := tb.d.CheckCredentials(); err != nil {
 		t.Errorf("with ~/.modal.toml: %v", err)
 	}
 
@@ -455,5 +455,107 @@ func TestDestroyAlreadyStopped(t *testing.T) {
 	rf, _, err := config.ReadRegionsFile(tb.d.Config.RegionsFilePath())
 	if err != nil || len(rf.Regions) != 0 {
 		t.Errorf("regions file after destroying ap-south: %+v, %v; want it empty", rf, err)
+	}
+}
+
+// TestGeneratedAppShape imports every generated app against a stand-in of
+// the modal package that records its decorators: one private Modal Server
+// (`@app.server` without unauthenticated), routed through the region's
+// proxy region, and no web decorator combined with @modal.method (Modal
+// refuses that at import since 1.3.5). It also runs the app's TOML edits on
+// Deepgram's stock configs: the engine on 127.0.0.1:8081, the API on 8080
+// dialling it there.
+func TestGeneratedAppShape(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed (./scripts/test.sh installs it when it can)")
+	}
+	stub, err := filepath.Abs(filepath.Join("testdata", "stubmodal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := newTestbed(t, testConfig)
+	for _, region := range []string{"us-east", "eu-west", "ap-south"} {
+		t.Run(region, func(t *testing.T) {
+			src, err := tb.d.Render(region)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "app.py"), src, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			const script = `
+import json, sys
+import modal, app
+engine = '[server]\nhost = "0.0.0.0"\nport = 8080\n\n[model_manager]\nsearch_paths = ["/models"]\n'
+api = '[server]\nhost = "0.0.0.0"\nport = 8080\n\n[[driver_pool.standard]]\nurl = "https://engine:8080/v2"\ntimeout_backoff = 1.2\n'
+print(json.dumps({"calls": modal.calls, "engine": app.engine_toml(engine), "api": app.api_toml(api)}))
+`
+			cmd := exec.Command(py, "-c", script)
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), "PYTHONPATH="+stub+":"+dir)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("importing the generated app: %v\n%s", err, out)
+			}
+			var got struct {
+				Calls       [][]json.RawMessage `json:"calls"`
+				Engine, API string
+			}
+			if err := json.Unmarshal(out, &got); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			var servers []map[string]any
+			for _, c := range got.Calls {
+				var name string
+				_ = json.Unmarshal(c[0], &name)
+				switch name {
+				case "app.server":
+					var kw map[string]any
+					_ = json.Unmarshal(c[1], &kw)
+					servers = append(servers, kw)
+				case "modal.method", "modal.concurrent", "modal.experimental.http_server", "modal.web_server", "app.cls":
+					t.Errorf("the app uses %s: a Server takes none (a web decorator with @modal.method fails at import)", name)
+				}
+			}
+			if len(servers) != 1 {
+				t.Fatalf("%d @app.server classes, want 1: %s", len(servers), out)
+			}
+			kw := servers[0]
+			if u, ok := kw["unauthenticated"]; ok && u != false {
+				t.Errorf("the endpoint is unauthenticated (%v): anyone with the URL could use the GPUs", u)
+			}
+			want := tb.d.deploy().Region(region)
+			if kw["routing_region"] != want.ProxyRegion || kw["port"] != float64(8080) ||
+				kw["target_concurrency"] != float64(want.TargetInputs) || kw["exit_grace_period"] != float64(60) {
+				t.Errorf("server settings %v, want routing_region %s, port 8080, target_concurrency %d, exit_grace_period 60",
+					kw, want.ProxyRegion, want.TargetInputs)
+			}
+			if !strings.Contains(got.Engine, "host = \"127.0.0.1\"\nport = 8081") || !strings.Contains(got.Engine, "search_paths") {
+				t.Errorf("engine.toml as edited:\n%s", got.Engine)
+			}
+			if !strings.Contains(got.API, "port = 8080") || !strings.Contains(got.API, `url = "https://localhost:8081/v2"`) ||
+				strings.Contains(got.API, "engine:8080") || !strings.Contains(got.API, "timeout_backoff") {
+				t.Errorf("api.toml as edited:\n%s", got.API)
+			}
+		})
+	}
+}
+
+// TestEndpointLine reads the endpoint from either line modal deploy may
+// print for a Server.
+func TestEndpointLine(t *testing.T) {
+	for _, line := range []string{
+		"└── 🔨 Created flash service endpoint for Deepgram => https://acme--earshot-us-east-deepgram.us-east.modal.direct",
+		"└── 🔨 Created web function Deepgram => https://acme--earshot-us-east-deepgram.us-east.modal.direct 🔑",
+	} {
+		m := endpointRE.FindStringSubmatch(line)
+		if m == nil || m[1] != "https://acme--earshot-us-east-deepgram.us-east.modal.direct" {
+			t.Errorf("%q: read %v", line, m)
+		}
+	}
+	if m := endpointRE.FindStringSubmatch("├── 🔨 Created function Deepgram.*."); m != nil {
+		t.Errorf("read an endpoint from a line without one: %v", m)
 	}
 }

@@ -31,10 +31,11 @@ func (d *Deployer) modalPath() (string, error) {
 	return p, nil
 }
 
-// checkCredentials says when Modal has no credentials to use: neither
+// CheckCredentials says when Modal has no credentials to use (for the CLI
+// or the Go SDK): neither
 // MODAL_TOKEN_ID and MODAL_TOKEN_SECRET nor a config file from `modal
 // setup`. It cannot tell whether the credentials are valid; the CLI does.
-func (d *Deployer) checkCredentials() error {
+func (d *Deployer) CheckCredentials() error {
 	id, secret := d.getenv("MODAL_TOKEN_ID"), d.getenv("MODAL_TOKEN_SECRET")
 	if id != "" && secret != "" {
 		return nil
@@ -63,7 +64,7 @@ func (d *Deployer) ready() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return modal, d.checkCredentials()
+	return modal, d.CheckCredentials()
 }
 
 // run runs the modal CLI with args, passing each output line (stdout and

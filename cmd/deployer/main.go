@@ -127,6 +127,11 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 	case "scale":
 		if *apply {
+			// The SDK's own error for missing credentials names nothing to set.
+			if e := d.CheckCredentials(); e != nil {
+				fmt.Fprintf(stderr, "deployer: %v\n", e)
+				return 1
+			}
 			scaler, e := deploy.NewModalAutoscaler()
 			if e != nil {
 				fmt.Fprintf(stderr, "deployer: %v\n", e)

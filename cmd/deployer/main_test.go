@@ -50,3 +50,22 @@ func TestRun(t *testing.T) {
 		}
 	}
 }
+
+// TestScaleApplyNeedsCredentials: without Modal credentials, scale --apply
+// says which variables to set, rather than the SDK's own error.
+func TestScaleApplyNeedsCredentials(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HOME", dir) // no ~/.modal.toml
+	t.Setenv("MODAL_TOKEN_ID", "")
+	t.Setenv("MODAL_TOKEN_SECRET", "")
+	t.Setenv("MODAL_CONFIG_PATH", "")
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"scale", "--config", path, "--router", "127.0.0.1:1", "--apply"}, strings.NewReader(""), &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "MODAL_TOKEN_ID") || !strings.Contains(stderr.String(), "MODAL_TOKEN_SECRET") {
+		t.Errorf("exit %d, stderr %q; want 1 naming MODAL_TOKEN_ID and MODAL_TOKEN_SECRET", code, stderr.String())
+	}
+}
