@@ -251,7 +251,8 @@ type Change struct {
 	Diff    []string // for update: the settings that change, as "- old" and "+ new" lines
 }
 
-// Plan says, per region, what Apply would deploy, without running anything.
+// Plan says, per region, what Apply would deploy, without running anything:
+// it writes each region's app where the printed command expects it.
 func (d *Deployer) Plan(names []string) ([]Change, error) {
 	regions, err := d.regions(names)
 	if err != nil {
@@ -264,6 +265,11 @@ func (d *Deployer) Plan(names []string) ([]Change, error) {
 			return nil, err
 		}
 		c := Change{Region: region, App: d.deploy().AppName(region), Command: d.deployCommand(region)}
+		// The command names the file: write it, so that it can be run as
+		// printed (or read before apply).
+		if err := writeFile(d.appFile(region), app); err != nil {
+			return nil, fmt.Errorf("write %s: %w", d.appFile(region), err)
+		}
 		old, err := os.ReadFile(d.deployedFile(region))
 		switch {
 		case os.IsNotExist(err):

@@ -314,6 +314,10 @@ func TestPlan(t *testing.T) {
 	if calls := tb.calls(); len(calls) != 0 {
 		t.Errorf("plan ran modal: %v", calls)
 	}
+	// The printed command can be run: the file it names is written.
+	if data, err := os.ReadFile(tb.d.appFile("eu-west")); err != nil || !bytes.Contains(data, []byte("@app.server(")) {
+		t.Errorf("plan did not write the app it names: %v", err)
+	}
 	if _, err := tb.d.Plan([]string{"mars"}); err == nil || !strings.Contains(err.Error(), `region "mars" is not in the deploy section`) {
 		t.Errorf("plan of an unknown region: %v", err)
 	}

@@ -64,7 +64,9 @@ func openStreams(t *testing.T, api, region string, n int) {
 // (a deployed region behind a Modal-like edge) and the router's side by side.
 func TestStatus(t *testing.T) {
 	us := modalEdge(t, 0)
-	tb := newTestbed(t, testConfig, endpointsEnv(map[string]string{"earshot-us-east": us.URL}))
+	// An older, stopped app of the same name is listed too: the deployed
+	// one is the region's.
+	tb := newTestbed(t, testConfig, endpointsEnv(map[string]string{"earshot-us-east": us.URL}), "FAKE_MODAL_STOPPED=earshot-us-east")
 	if err := os.WriteFile(tb.d.Config.RegionsFilePath(), fmt.Appendf(nil, "regions:\n  - {name: us-east, url: %s, capacity: 32}\n", us.URL), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -96,10 +98,16 @@ func TestStatus(t *testing.T) {
 		t.Errorf("status output:\n%s", b.String())
 	}
 
-	// A router that cannot be reached is said so, in its column.
-	sts, err = tb.d.Status(context.Background(), []string{"us-east"}, "http://127.0.0.1:1", "")
-	if err != nil || !strings.HasPrefix(sts[0].Router, "unknown: ") {
+	// A router that cannot be reached is said so: in its column, and why
+	// once, below the table.
+	sts, err = tb.d.Status(context.Background(), nil, "http://127.0.0.1:1", "")
+	if err != nil || sts[0].Router != "unknown (below)" {
 		t.Errorf("with no router: %v %+v", err, sts)
+	}
+	b.Reset()
+	PrintStatus(&b, sts)
+	if n := strings.Count(b.String(), "connection refused"); n != 1 || !strings.Contains(b.String(), "The router could not be asked:") {
+		t.Errorf("the router's error is printed %d times, want once below the table:\n%s", n, b.String())
 	}
 }
 

@@ -50,6 +50,10 @@ type RegionStatus struct {
 	URL         string // from the regions file
 	Endpoint    string // /v1/status, described
 	Router      string // the router's view
+
+	// Why Modal or the router could not be asked: the same for every
+	// region, so PrintStatus says it once, below the table.
+	modalErr, routerErr string
 }
 
 // Status gathers each region's state from the three places that know it.
@@ -77,18 +81,23 @@ func (d *Deployer) Status(ctx context.Context, names []string, routerURL, token 
 		st.Region, st.App, st.URL = region, d.deploy().AppName(region), urls[region]
 		switch {
 		case appsErr != nil:
-			st.Modal = "unknown: " + appsErr.Error()
+			st.Modal, st.modalErr = "unknown (below)", appsErr.Error()
 		default:
 			st.Modal = "not deployed"
+			// A name can belong to several apps: the deployed one, and
+			// stopped ones before it. The deployed one is the region's.
 			for _, a := range apps {
-				if a.Description == st.App {
+				if a.Description != st.App {
+					continue
+				}
+				if st.Modal == "not deployed" || (a.State == "deployed" && !strings.HasPrefix(st.Modal, "deployed")) {
 					st.Modal = fmt.Sprintf("%s, %v task(s)", a.State, a.Tasks)
 				}
 			}
 		}
 		switch {
 		case routerErr != nil:
-			st.Router = "unknown: " + routerErr.Error()
+			st.Router, st.routerErr = "unknown (below)", routerErr.Error()
 		default:
 			st.Router = "not in the router"
 			for _, r := range router.Regions {
@@ -127,6 +136,14 @@ func PrintStatus(w io.Writer, sts []RegionStatus) {
 	for _, s := range sts {
 		if s.URL != "" {
 			fmt.Fprintf(w, "%s: %s\n", s.Region, s.URL)
+		}
+	}
+	if len(sts) > 0 {
+		if e := sts[0].modalErr; e != "" {
+			fmt.Fprintf(w, "\nModal could not be asked: %s\n", e)
+		}
+		if e := sts[0].routerErr; e != "" {
+			fmt.Fprintf(w, "\nThe router could not be asked: %s\n", e)
 		}
 	}
 }

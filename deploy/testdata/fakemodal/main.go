@@ -162,6 +162,16 @@ func list() {
 			"tasks": "1", "created_at": "2026-11-29 03:00:00+00:00", "stopped_at": nil,
 		})
 	}
+	// An app stopped earlier under the same name is listed too, after the
+	// deployed one, as the real CLI lists every app of the environment.
+	for i, app := range strings.Split(os.Getenv("FAKE_MODAL_STOPPED"), ",") {
+		if app != "" {
+			apps = append(apps, map[string]any{
+				"app_id": fmt.Sprintf("ap-St0pp3d%04d", i), "description": app, "state": "stopped",
+				"tasks": "0", "created_at": "2026-11-28 03:00:00+00:00", "stopped_at": "2026-11-28 04:00:00+00:00",
+			})
+		}
+	}
 	if apps == nil {
 		apps = []map[string]any{}
 	}
