@@ -494,7 +494,7 @@ import json, sys
 import modal, app
 engine = '[server]\nhost = "0.0.0.0"\nport = 8080\n\n[model_manager]\nsearch_paths = ["/models"]\n'
 api = '[server]\nhost = "0.0.0.0"\nport = 8080\n\n[[driver_pool.standard]]\nurl = "https://engine:8080/v2"\ntimeout_backoff = 1.2\n'
-print(json.dumps({"calls": modal.calls, "engine": app.engine_toml(engine), "api": app.api_toml(api)}))
+print(json.dumps({"calls": modal.calls, "engine": app.engine_toml("engine.toml", engine), "api": app.api_toml("api.toml", api)}))
 `
 			cmd := exec.Command(py, "-c", script)
 			cmd.Dir = dir
@@ -539,7 +539,7 @@ print(json.dumps({"calls": modal.calls, "engine": app.engine_toml(engine), "api"
 			if !strings.Contains(got.Engine, "host = \"127.0.0.1\"\nport = 8081") || !strings.Contains(got.Engine, "search_paths") {
 				t.Errorf("engine.toml as edited:\n%s", got.Engine)
 			}
-			if !strings.Contains(got.API, "port = 8080") || !strings.Contains(got.API, `url = "https://localhost:8081/v2"`) ||
+			if !strings.Contains(got.API, "port = 8080") || !strings.Contains(got.API, `url = "https://127.0.0.1:8081/v2"`) ||
 				strings.Contains(got.API, "engine:8080") || !strings.Contains(got.API, "timeout_backoff") {
 				t.Errorf("api.toml as edited:\n%s", got.API)
 			}
@@ -561,5 +561,53 @@ func TestEndpointLine(t *testing.T) {
 	}
 	if m := endpointRE.FindStringSubmatch("├── 🔨 Created function Deepgram.*."); m != nil {
 		t.Errorf("read an endpoint from a line without one: %v", m)
+	}
+}
+
+// TestOneContainerTOML runs the generated app's TOML edits on the layouts
+// Deepgram's configs come in, and checks that a layout it cannot edit
+// stops the start with a message naming the file and key.
+func TestOneContainerTOML(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed (./scripts/test.sh installs it when it can)")
+	}
+	stub, _ := filepath.Abs(filepath.Join("testdata", "stubmodal"))
+	src, err := newTestbed(t, testConfig).d.Render("us-east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app.py"), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, kind, in, want string // want: a substring of the output, or of the error
+	}{
+		{"header with a comment", "api", "[server] # the API\nport = 8080\n\n[[driver_pool.standard]] # the engine\nurl = \"https://engine:8080/v2\"\n", `url = "https://127.0.0.1:8081/v2"`},
+		{"quoted key", "engine", "[server]\n\"port\" = 8080\nhost = \"0.0.0.0\"\n", "port = 8081"},
+		{"no server section", "engine", "[model_manager]\nsearch_paths = [\"/models\"]\n", "error: engine.toml: server.host is None"},
+		{"two engines", "api", "[server]\nport = 8080\n[[driver_pool.standard]]\nurl = \"https://a:8080/v2\"\n[[driver_pool.standard]]\nurl = \"https://b:8080/v2\"\n", "error: api.toml: several [[driver_pool.standard]] engines"},
+		{"inline table", "api", "server = { port = 8080 }\ndriver_pool = { standard = [ { url = \"https://engine:8080/v2\" } ] }\n", "error: api.toml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			script := `
+import sys, app
+text = sys.stdin.read()
+try:
+    print(app.` + tt.kind + `_toml("` + tt.kind + `.toml", text))
+except RuntimeError as err:
+    print("error:", err)
+`
+			cmd := exec.Command(py, "-c", script)
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), "PYTHONPATH="+stub+":"+dir)
+			cmd.Stdin = strings.NewReader(tt.in)
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), tt.want) {
+				t.Errorf("%v\n%s\nwant %q in it", err, out, tt.want)
+			}
+		})
 	}
 }
