@@ -7,6 +7,7 @@
 # as the time runs out (golang/go#75804, fixed in Go 1.27).
 set -eu
 cd "$(dirname "$0")/.."
+go version
 
 # Some tests want more than Go: the status page's browser test (Chromium),
 # the deployer's check of its generated Python (python3) and the JS SDK
