@@ -201,18 +201,25 @@ func (a *Attempt) Done(res Result) Verdict {
 	return v
 }
 
-// explain replaces a cancellation by its cause: the client going away,
-// the region declared down, or the caller's (an attempt timeout).
-func (a *Attempt) explain(res Result) Result {
-	if res.Err == nil || a.ctx.Err() == nil {
-		return res
+// Err says what an attempt's error was about: a cancellation is replaced
+// by its cause (the client going away, the region declared down, or the
+// caller's, such as an attempt timeout); any other error is itself.
+func (a *Attempt) Err(err error) error {
+	if err == nil || a.ctx.Err() == nil {
+		return err
 	}
 	switch cause := context.Cause(a.ctx); {
 	case a.run.ctx.Err() != nil:
-		res.Err = context.Canceled
+		return context.Canceled
 	case cause != context.Canceled:
-		res.Err = cause
+		return cause
 	}
+	return err
+}
+
+// explain is res with its error explained (see Err).
+func (a *Attempt) explain(res Result) Result {
+	res.Err = a.Err(res.Err)
 	return res
 }
 

@@ -1,14 +1,12 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/earshot/earshot/failover"
-	"github.com/earshot/earshot/health"
 	"github.com/earshot/earshot/routing"
 )
 
@@ -109,20 +107,8 @@ func (x *exchange) setRouteHeaders(h http.Header) {
 	h.Set(routing.RouteHeader, string(x.reason))
 }
 
-// attemptErr is what an attempt's error was really about: the region
-// declared down or an attempt timeout rather than a bare cancellation.
-func attemptErr(a *failover.Attempt, err error) error {
-	if err != nil && a.Context().Err() != nil && errors.Is(err, context.Canceled) {
-		if c := context.Cause(a.Context()); c != context.Canceled {
-			return c
-		}
-	}
-	return err
-}
-
 var (
 	errAttemptTimeout = timeoutError{"the region did not answer within the attempt timeout"}
-	errRegionDown     = health.ErrDown
 )
 
 type timeoutError struct{ msg string }

@@ -308,7 +308,7 @@ func (t *httpAttempt) errorHandler(w http.ResponseWriter, r *http.Request, err e
 		}
 	}
 	x.serving(a)
-	err = attemptErr(a, err)
+	err = a.Err(err)
 	x.err = err
 	a.Done(res)
 	e := upstreamError(x.ctx, t.up.Name, err)

@@ -403,7 +403,7 @@ func (s *wsRelay) discard(results <-chan *handshake, n int) {
 func (s *wsRelay) refused(w http.ResponseWriter, r *http.Request, x *exchange, hs *handshake) {
 	res := hs.result()
 	hs.a.Done(res)
-	x.err = attemptErr(hs.a, hs.err)
+	x.err = hs.a.Err(hs.err)
 	if res.Status != 0 {
 		resp := hs.resp
 		h := w.Header()
