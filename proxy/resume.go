@@ -526,13 +526,10 @@ func (t *listenTrack) shiftField(m map[string]any, k string) float64 {
 	return out
 }
 
-// numberAt reads a top-level number field of a small message; 0 if absent.
+// numberAt reads a number field of a small message without decoding it;
+// 0 if absent (see fieldValue).
 func numberAt(msg []byte, k string) float64 {
-	var m map[string]json.RawMessage
-	if json.Unmarshal(msg, &m) != nil {
-		return 0
-	}
-	v, _ := strconv.ParseFloat(string(m[k]), 64)
+	v, _ := strconv.ParseFloat(string(fieldValue(msg, k)), 64)
 	return v
 }
 
@@ -710,8 +707,8 @@ func (t *fluxTrack) shift(typ string, msg []byte, out [][]byte) [][]byte {
 		case "Connected":
 			t.connected = true
 		}
-		if v := numberAt(msg, "sequence_id"); v >= 0 && bytes.Contains(msg, []byte(`"sequence_id"`)) {
-			t.lastSeq = int64(v)
+		if v, err := strconv.ParseInt(string(fieldValue(msg, "sequence_id")), 10, 64); err == nil {
+			t.lastSeq = v
 		}
 		return append(out, msg)
 	}

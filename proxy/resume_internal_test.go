@@ -86,3 +86,20 @@ func TestWAVHeader(t *testing.T) {
 		}
 	}
 }
+
+func TestFieldValue(t *testing.T) {
+	msg := []byte(`{"type":"TurnInfo", "sequence_id" : 42,"x":{"timestamp":1.5},"ok":true,"n":null}`)
+	for k, want := range map[string]string{
+		"type": `"TurnInfo"`, "sequence_id": "42", "timestamp": "1.5", "ok": "true", "n": "null", "missing": "",
+	} {
+		if got := string(fieldValue(msg, k)); got != want {
+			t.Errorf("fieldValue(%s) = %q, want %q", k, got, want)
+		}
+	}
+	if got := string(messageType([]byte(`{"type":7}`))); got != "" {
+		t.Errorf("a number type read as %q", got)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = numberAt(msg, "sequence_id") + float64(len(messageType(msg))) }); n != 0 {
+		t.Errorf("reading fields allocates %v times", n)
+	}
+}

@@ -1148,35 +1148,53 @@ func endedCleanly(code int32) bool {
 }
 
 // messageType finds the value of the first "type" key in a JSON object
-// without decoding it. It returns nil if there is none.
+// without decoding it. It returns nil if there is none, or it is not a
+// string.
 func messageType(msg []byte) []byte {
-	const key = `"type"`
-	for i := 0; i+len(key) <= len(msg); i++ {
-		if msg[i] != '"' || string(msg[i:i+len(key)]) != key {
+	v := fieldValue(msg, "type")
+	if len(v) < 2 || v[0] != '"' {
+		return nil
+	}
+	return v[1 : len(v)-1]
+}
+
+// fieldValue finds the value of the first key k in a small JSON message
+// without decoding it: a string with its quotes (no escapes are followed),
+// or a number, true, false or null as written; nil if there is none.
+func fieldValue(msg []byte, k string) []byte {
+	space := func(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+	for i := 0; i+len(k)+2 <= len(msg); i++ {
+		if msg[i] != '"' || msg[i+1+len(k)] != '"' || string(msg[i+1:i+1+len(k)]) != k {
 			continue
 		}
-		j := i + len(key)
-		for j < len(msg) && (msg[j] == ' ' || msg[j] == '\t' || msg[j] == '\n' || msg[j] == '\r') {
+		j := i + len(k) + 2
+		for j < len(msg) && space(msg[j]) {
 			j++
 		}
 		if j >= len(msg) || msg[j] != ':' {
 			continue
 		}
 		j++
-		for j < len(msg) && (msg[j] == ' ' || msg[j] == '\t' || msg[j] == '\n' || msg[j] == '\r') {
+		for j < len(msg) && space(msg[j]) {
 			j++
 		}
-		if j >= len(msg) || msg[j] != '"' {
+		if j >= len(msg) {
 			return nil
 		}
 		end := j + 1
-		for end < len(msg) && msg[end] != '"' {
+		if msg[j] == '"' {
+			for end < len(msg) && msg[end] != '"' {
+				end++
+			}
+			if end >= len(msg) {
+				return nil
+			}
+			return msg[j : end+1]
+		}
+		for end < len(msg) && msg[end] != ',' && msg[end] != '}' && msg[end] != ']' && !space(msg[end]) {
 			end++
 		}
-		if end >= len(msg) {
-			return nil
-		}
-		return msg[j+1 : end]
+		return msg[j:end]
 	}
 	return nil
 }
