@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -68,12 +67,17 @@ func runScriptWith(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, 
 	if resp.Header.Get("X-Earshot-Region") != "us-east" {
 		t.Fatalf("stream opened on %s, want us-east", resp.Header.Get("X-Earshot-Region"))
 	}
+	norm := normalise
+	if strings.HasPrefix(query, "/v2/listen") {
+		norm = normaliseFlux
+	}
 	var (
-		mu     sync.Mutex
-		seen   []string
-		heard  float64 // the end of the latest result, interim or final
-		finals = make(chan struct{}, 64)
-		done   = make(chan struct{})
+		mu       sync.Mutex
+		seen     []string
+		heard    float64 // the end of the latest result, interim or final
+		progress = make(chan struct{}, 1)
+		finals   = make(chan struct{}, 64)
+		done     = make(chan struct{})
 	)
 	go func() {
 		defer close(done)
@@ -93,7 +97,11 @@ func runScriptWith(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, 
 			mu.Lock()
 			heard = max(heard, r.Start+r.Duration)
 			mu.Unlock()
-			if line, final := normalise(t, data); line != "" {
+			select {
+			case progress <- struct{}{}:
+			default:
+			}
+			if line, final := norm(t, data); line != "" {
 				mu.Lock()
 				seen = append(seen, line)
 				mu.Unlock()
@@ -106,16 +114,22 @@ func runScriptWith(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, 
 	for _, s := range script {
 		switch {
 		case s.kill:
-			deadline := time.Now().Add(5 * time.Second)
+			waitHeard := time.NewTimer(5 * time.Second)
+		heard:
 			for {
 				mu.Lock()
 				h := heard
 				mu.Unlock()
-				if h >= s.heard-1e-9 || time.Now().After(deadline) {
+				if h >= s.heard-1e-9 {
 					break
 				}
-				runtime.Gosched()
+				select {
+				case <-progress:
+				case <-waitHeard.C:
+					break heard
+				}
 			}
+			waitHeard.Stop()
 			if s.afterFinal {
 				select {
 				case <-finals:
@@ -125,7 +139,7 @@ func runScriptWith(t *testing.T, e *mxEnv, query string, chunk int, pcm []byte, 
 			}
 			fault()
 		case s.control != "":
-			if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"`+s.control+`"}`)); err != nil {
+			if err := c.WriteMessage(websocket.TextMessage, controlMessage(s.control)); err != nil {
 				t.Fatal(err)
 			}
 		default:
@@ -159,24 +173,7 @@ func normalise(t errorer, data []byte) (string, bool) {
 	}
 	switch head.Type {
 	case "Results":
-		var m struct {
-			IsFinal      bool    `json:"is_final"`
-			SpeechFinal  bool    `json:"speech_final"`
-			FromFinalize bool    `json:"from_finalize"`
-			Start        float64 `json:"start"`
-			Duration     float64 `json:"duration"`
-			ChannelIndex []int   `json:"channel_index"`
-			Channel      struct {
-				Alternatives []struct {
-					Transcript string `json:"transcript"`
-					Words      []struct {
-						Word  string  `json:"word"`
-						Start float64 `json:"start"`
-						End   float64 `json:"end"`
-					} `json:"words"`
-				} `json:"alternatives"`
-			} `json:"channel"`
-		}
+		var m message
 		if err := json.Unmarshal(data, &m); err != nil {
 			t.Errorf("unreadable Results %s: %v", data, err)
 			return "", false
@@ -192,7 +189,7 @@ func normalise(t errorer, data []byte) (string, bool) {
 			}
 		}
 		return fmt.Sprintf("final start=%v duration=%v speech_final=%v from_finalize=%v channel=%v %q [%s]",
-			m.Start, m.Duration, m.SpeechFinal, m.FromFinalize, m.ChannelIndex, tr, strings.Join(words, " ")), true
+			m.Start, m.Duration, m.SpeechFinal, m.FromFinal, m.ChannelIndex, tr, strings.Join(words, " ")), true
 	case "UtteranceEnd", "SpeechStarted", "Metadata":
 		var m struct {
 			LastWordEnd float64 `json:"last_word_end"`
@@ -619,7 +616,7 @@ health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_re
 	}
 	plain = append(plain, step{chunk: -1, control: "CloseStream"})
 	run := func(script []step) []string {
-		return runFluxScript(t, e, query, pcm, script)
+		return runScriptOn(t, e, query, 3200, pcm, script)
 	}
 	baseline := run(plain)
 	t.Logf("without a fault: %d messages", len(baseline))
@@ -635,62 +632,12 @@ health: {probe: {disable: true}, breaker: {consecutive_failures: 1000000, min_re
 	}
 }
 
-// runFluxScript is runScript for Flux.
-func runFluxScript(t *testing.T, e *mxEnv, query string, pcm []byte, script []step) []string {
-	t.Helper()
-	c, _, err := mxDialer.Dial(e.r.ws(query), nil)
-	if err != nil {
-		t.Fatal(err)
+// controlMessage is a client control message of type typ.
+func controlMessage(typ string) []byte {
+	if typ == "Configure" {
+		return []byte(`{"type":"Configure","thresholds":{"eot_threshold":0.8}}`)
 	}
-	defer c.Close()
-	var mu sync.Mutex
-	var seen []string
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
-		for {
-			_, data, err := c.ReadMessage()
-			mu.Lock()
-			if err != nil {
-				seen = append(seen, "close "+err.Error())
-				mu.Unlock()
-				return
-			}
-			if line, _ := normaliseFlux(t, data); line != "" {
-				seen = append(seen, line)
-			}
-			mu.Unlock()
-		}
-	}()
-	for _, s := range script {
-		switch {
-		case s.kill:
-			e.proxies[0].Set(chaos.Kill())
-		case s.control == "Configure":
-			if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"Configure","thresholds":{"eot_threshold":0.8}}`)); err != nil {
-				t.Fatal(err)
-			}
-		case s.control != "":
-			if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"`+s.control+`"}`)); err != nil {
-				t.Fatal(err)
-			}
-		default:
-			from := s.chunk * 3200
-			if err := c.WriteMessage(websocket.BinaryMessage, pcm[from:min(from+3200, len(pcm))]); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the Flux stream did not end 20s after CloseStream")
-	}
-	e.proxies[0].Set(chaos.Pass())
-	mu.Lock()
-	defer mu.Unlock()
-	return seen
+	return []byte(`{"type":"` + typ + `"}`)
 }
 
 // TestResumeWAV moves a stream of WAV audio (no encoding in the query):
@@ -793,10 +740,8 @@ retry: {deadline: 200ms}
 	script := withStep(plain, 30, step{chunk: -1, kill: true, heard: 1.35})
 	start := time.Now()
 	got := runScriptWith(t, e, resumeQuery, 3200, pcm, script, func() {
-		for time.Since(start) < 300*time.Millisecond { // older than the deadline
-			runtime.Gosched()
-		}
-		e.sims[1].SetMode(sim.ModeRefuse) // us-west refuses: the move must go on to eu-west
+		<-time.After(time.Until(start.Add(300 * time.Millisecond))) // the stream is older than the deadline (time passing, not a sync)
+		e.sims[1].SetMode(sim.ModeRefuse)                           // us-west refuses: the move must go on to eu-west
 		e.proxies[0].Set(chaos.Kill())
 	})
 	e.sims[1].SetMode(sim.ModeOK)

@@ -19,13 +19,14 @@ import (
 
 // message is a streaming message from a region, as far as tests read it.
 type message struct {
-	Type        string  `json:"type"`
-	Start       float64 `json:"start"`
-	Duration    float64 `json:"duration"`
-	IsFinal     bool    `json:"is_final"`
-	SpeechFinal bool    `json:"speech_final"`
-	FromFinal   bool    `json:"from_finalize"`
-	Channel     struct {
+	Type         string  `json:"type"`
+	Start        float64 `json:"start"`
+	Duration     float64 `json:"duration"`
+	IsFinal      bool    `json:"is_final"`
+	SpeechFinal  bool    `json:"speech_final"`
+	FromFinal    bool    `json:"from_finalize"`
+	ChannelIndex []int   `json:"channel_index"`
+	Channel      struct {
 		Alternatives []struct {
 			Transcript string `json:"transcript"`
 			Words      []struct {
