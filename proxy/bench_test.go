@@ -141,37 +141,47 @@ func BenchmarkStreamsHeld(b *testing.B) {
 	_, router := newTestProxy(b, region.URL, 0)
 	for _, target := range []struct{ name, url string }{{"direct", region.URL}, {"router", router.URL}} {
 		b.Run(target.name, func(b *testing.B) {
-			before, routines := heldMemory(), runtime.NumGoroutine()
-			conns := make([]*websocket.Conn, 0, b.N)
-			for b.Loop() {
-				c, _, err := websocket.DefaultDialer.Dial(strings.Replace(target.url, "http", "ws", 1)+"/v1/listen", nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				conns = append(conns, c)
-			}
-			b.StopTimer()
 			// One round trip on each, so that every side has read and
 			// written once, as a live stream has.
-			for _, c := range conns {
+			holdStreams(b, strings.Replace(target.url, "http", "ws", 1)+"/v1/listen", func(c *websocket.Conn) error {
 				if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"KeepAlive"}`)); err != nil {
-					b.Fatal(err)
+					return err
 				}
-				if _, _, err := c.ReadMessage(); err != nil {
-					b.Fatal(err)
-				}
-			}
-			n := float64(len(conns))
-			b.ReportMetric(float64(heldMemory()-before)/n, "held-B/stream")
-			b.ReportMetric(float64(runtime.NumGoroutine()-routines)/n, "goroutines/stream")
-			for _, c := range conns {
-				c.Close()
-			}
-			// Let every side see the closes before the next measurement.
-			for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > routines && time.Now().Before(deadline); {
-				runtime.Gosched()
-			}
+				_, _, err := c.ReadMessage()
+				return err
+			})
 		})
+	}
+}
+
+// holdStreams opens b.N streams to url, has each do use, and reports the
+// memory (heap and goroutine stacks) and goroutines they hold, every side
+// together; then it closes them and waits for every side to see it.
+func holdStreams(b *testing.B, url string, use func(*websocket.Conn) error) {
+	before, routines := heldMemory(), runtime.NumGoroutine()
+	conns := make([]*websocket.Conn, 0, b.N)
+	for b.Loop() {
+		c, _, err := websocket.DefaultDialer.Dial(url, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	b.StopTimer()
+	for _, c := range conns {
+		if err := use(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	n := float64(len(conns))
+	b.ReportMetric(float64(heldMemory()-before)/n, "held-B/stream")
+	b.ReportMetric(float64(runtime.NumGoroutine()-routines)/n, "goroutines/stream")
+	for _, c := range conns {
+		c.Close()
+	}
+	// Let every side see the closes before the next measurement.
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > routines && time.Now().Before(deadline); {
+		runtime.Gosched()
 	}
 }
 
@@ -302,34 +312,17 @@ func BenchmarkStreamsHeldResume(b *testing.B) {
 				o.Retry = RetryOptions{Policy: failover.Policy{Attempts: 3, Deadline: time.Minute}}
 			})
 			url := strings.Replace(router.URL, "http", "ws", 1) + "/v1/listen?encoding=linear16&sample_rate=16000"
-			before, routines := heldMemory(), runtime.NumGoroutine()
-			conns := make([]*websocket.Conn, 0, b.N)
-			for b.Loop() {
-				c, _, err := websocket.DefaultDialer.Dial(url, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				conns = append(conns, c)
-			}
-			b.StopTimer()
-			for _, c := range conns {
+			holdStreams(b, url, func(c *websocket.Conn) error {
 				for range 5 {
 					if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
-						b.Fatal(err)
+						return err
 					}
 					if _, _, err := c.ReadMessage(); err != nil {
-						b.Fatal(err)
+						return err
 					}
 				}
-			}
-			n := float64(len(conns))
-			b.ReportMetric(float64(heldMemory()-before)/n, "held-B/stream")
-			for _, c := range conns {
-				c.Close()
-			}
-			for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > routines && time.Now().Before(deadline); {
-				runtime.Gosched()
-			}
+				return nil
+			})
 		})
 	}
 }
