@@ -104,22 +104,8 @@ func BenchmarkStreamRelay(b *testing.B) {
 	frame := bytes.Repeat([]byte{7}, 3200)
 	for _, target := range []struct{ name, url string }{{"direct", region.URL}, {"router", router.URL}} {
 		b.Run(target.name, func(b *testing.B) {
-			c, _, err := websocket.DefaultDialer.Dial(strings.Replace(target.url, "http", "ws", 1)+"/v1/listen", nil)
-			if err != nil {
-				b.Fatal(err)
-			}
+			c := roundTrips(b, strings.Replace(target.url, "http", "ws", 1)+"/v1/listen", frame)
 			defer c.Close()
-			b.SetBytes(int64(len(frame)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
-					b.Fatal(err)
-				}
-				if _, _, err := c.ReadMessage(); err != nil {
-					b.Fatal(err)
-				}
-			}
 			b.StopTimer()
 			_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""))
 			for {
@@ -152,6 +138,26 @@ func BenchmarkStreamsHeld(b *testing.B) {
 			})
 		})
 	}
+}
+
+// roundTrips opens a stream to url and, b.N times, sends frame and reads
+// the answer. It returns the stream, open.
+func roundTrips(b *testing.B, url string, frame []byte) *websocket.Conn {
+	c, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(frame)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := c.ReadMessage(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return c
 }
 
 // holdStreams opens b.N streams to url, has each do use, and reports the
@@ -276,21 +282,8 @@ func BenchmarkStreamRelayResume(b *testing.B) {
 				o.ResumeLog = tc.log
 				o.Retry = RetryOptions{Policy: failover.Policy{Attempts: 3, Deadline: time.Minute}}
 			})
-			c, _, err := websocket.DefaultDialer.Dial(strings.Replace(router.URL, "http", "ws", 1)+"/v1/listen?encoding=linear16&sample_rate=16000", nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			b.SetBytes(int64(len(frame)))
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
-					b.Fatal(err)
-				}
-				if _, _, err := c.ReadMessage(); err != nil {
-					b.Fatal(err)
-				}
-			}
+			c := roundTrips(b, strings.Replace(router.URL, "http", "ws", 1)+"/v1/listen?encoding=linear16&sample_rate=16000", frame)
+			c.Close()
 		})
 	}
 }
