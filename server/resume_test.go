@@ -514,19 +514,7 @@ func TestPlannedMove(t *testing.T) {
 	plain := plainScript(pcm, 3200)
 	baseline := runScript(t, e, pcm, plain)
 
-	drain := func(method string) {
-		req, _ := http.NewRequest(method, "http://"+e.r.admin+"/regions/us-east/drain", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s drain: %d %s", method, resp.StatusCode, body)
-		}
-		t.Logf("%s /regions/us-east/drain: %s", method, bytes.TrimSpace(body))
-	}
+	drain := func(method string) { drainEast(t, e, method) }
 	// The drain comes a third of the way in, as a step of the script.
 	script := append([]step{}, plain[:25]...)
 	script = append(script, step{chunk: -1, kill: true, heard: 1.35})
@@ -710,12 +698,7 @@ func TestLeftRegionEmpties(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+e.r.admin+"/regions/us-east/drain", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	drainEast(t, e, http.MethodPost)
 	// More audio brings the next final, where the stream moves.
 	for i := 3200 * 20; i < 3200*40; i += 3200 {
 		if err := c.WriteMessage(websocket.BinaryMessage, pcm[i:i+3200]); err != nil {
@@ -767,4 +750,21 @@ func withStep(script []step, k int, st step) []step {
 	out := append([]step{}, script[:k]...)
 	out = append(out, st)
 	return append(out, script[k:]...)
+}
+
+// drainEast drains us-east from the admin endpoint (POST), or puts it back
+// (DELETE).
+func drainEast(t *testing.T, e *mxEnv, method string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+e.r.admin+"/regions/us-east/drain", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s drain: %d %s", method, resp.StatusCode, body)
+	}
+	t.Logf("%s /regions/us-east/drain: %s", method, bytes.TrimSpace(body))
 }
