@@ -573,11 +573,9 @@ func (h *Handler) resumed(r Resume) {
 
 // resumeStats counts streams moved between regions.
 type resumeStats struct {
-	mu       sync.Mutex
-	byRoute  map[ResumeKey]uint64
-	replayed float64         // seconds of audio replayed
-	waited   time.Duration   // leg loss to the new leg's first message, summed
-	gaps     []time.Duration // the latest gaps, for percentiles
+	mu      sync.Mutex
+	byRoute map[ResumeKey]uint64
+	gaps    []time.Duration // the latest gaps, for percentiles
 }
 
 // ResumeKey names a move: from a region, to one ("" when none could take
@@ -591,8 +589,6 @@ func (s *resumeStats) record(r Resume) {
 		s.byRoute = map[ResumeKey]uint64{}
 	}
 	s.byRoute[ResumeKey{r.From, r.To, r.Result}]++
-	s.replayed += r.Replayed
-	s.waited += r.Gap
 	if r.Gap > 0 {
 		if len(s.gaps) == 1024 {
 			s.gaps = s.gaps[1:]
@@ -603,10 +599,8 @@ func (s *resumeStats) record(r Resume) {
 
 // ResumeStats are the counts of streams moved between regions.
 type ResumeStats struct {
-	Moves           map[ResumeKey]uint64
-	ReplayedSeconds float64
-	WaitedSeconds   float64         // leg loss to the next message from the new region, summed
-	Gaps            []time.Duration // the latest (up to 1,024) of those, oldest first
+	Moves map[ResumeKey]uint64
+	Gaps  []time.Duration // the latest (up to 1,024) losses to the next message from the new region, oldest first
 }
 
 // Resumes returns the counts of streams moved between regions.
@@ -614,8 +608,7 @@ func (h *Handler) Resumes() ResumeStats {
 	s := &h.resumes
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := ResumeStats{Moves: make(map[ResumeKey]uint64, len(s.byRoute)), ReplayedSeconds: s.replayed,
-		WaitedSeconds: s.waited.Seconds(), Gaps: slices.Clone(s.gaps)}
+	out := ResumeStats{Moves: make(map[ResumeKey]uint64, len(s.byRoute)), Gaps: slices.Clone(s.gaps)}
 	for k, v := range s.byRoute {
 		out.Moves[k] = v
 	}

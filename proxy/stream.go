@@ -159,9 +159,8 @@ type resumeState struct {
 	// utterance is utterance_end_ms for a stream whose format comes later.
 	utterance float64
 	tried     map[string]bool // regions lost by this stream: not tried again
-	resumes   int
-	moving    *Resume   // a move waiting for the new region's first message
-	lostAt    time.Time // when the leg being replaced was lost
+	moving    *Resume         // a move waiting for the new region's first message
+	lostAt    time.Time       // when the leg being replaced was lost
 }
 
 type pumpStats struct {
@@ -662,7 +661,6 @@ func (st *stream) resumeOn(l *leg, cause error) bool {
 			nl.settle()
 			continue
 		}
-		rs.resumes++
 		rs.moving = &Resume{From: l.name, To: nl.name, Result: resumeOK, Replayed: replayed}
 		rs.lostAt = lostAt
 		st.attach(nl)
