@@ -127,7 +127,9 @@ type Region struct {
 	Name string `yaml:"name"`
 	// URL is the region's base URL: https://... or http://... for a real
 	// deployment (WebSocket URLs become wss/ws), or sim://NAME to start a
-	// simulated engine on a loopback port inside the router.
+	// simulated engine on a loopback port inside the router. With
+	// Products it serves every path they do not take; it may then be
+	// left out, and the region serves only its products.
 	URL string `yaml:"url"`
 	// Location is where the region is, for distance-based routing.
 	Location Location `yaml:"location"`
@@ -140,8 +142,28 @@ type Region struct {
 	Headers map[string]Secret `yaml:"headers"`
 	// Sim configures the simulated engine of a sim:// region.
 	Sim *Sim `yaml:"sim"`
+	// Products are deployments of the region that each serve one product
+	// on a URL of their own (Deepgram deploys Flux and Aura-2 on their own
+	// stacks), by product: listen (/v1/listen), flux (/v2/listen), speak
+	// (/v1/speak, /v2/speak), agent (/v1/agent/converse). Each has its own
+	// health, capacity and breaker, and the region's headers under its own.
+	Products map[string]*Product `yaml:"products"`
+
+	// Group and Product are set on the regions Deployments returns: the
+	// configured region a deployment belongs to, and the product it
+	// serves ("" for the region's main URL).
+	Group   string `yaml:"-"`
+	Product string `yaml:"-"`
 
 	base *url.URL // URL, parsed by Validate
+}
+
+// Product is one product's deployment in a region.
+type Product struct {
+	URL      string            `yaml:"url"`      // as Region.URL; required
+	Capacity int               `yaml:"capacity"` // as Region.Capacity
+	Headers  map[string]Secret `yaml:"headers"`  // over the region's
+	Sim      *Sim              `yaml:"sim"`      // for a sim:// URL
 }
 
 // Location is a point on Earth in decimal degrees.
@@ -198,10 +220,18 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&c.Routing.SlowdownThreshold, 100*time.Millisecond)
 	c.healthDefaults()
 	for i := range c.Regions {
-		if s := c.Regions[i].Sim; s != nil {
-			setDefault(&s.FullStatus, 503)
-			setDefault(&s.SilenceTimeout, 10*time.Second)
-			setDefault(&s.Mode, "ok")
+		sims := []*Sim{c.Regions[i].Sim}
+		for _, p := range c.Regions[i].Products {
+			if p != nil {
+				sims = append(sims, p.Sim)
+			}
+		}
+		for _, s := range sims {
+			if s != nil {
+				setDefault(&s.FullStatus, 503)
+				setDefault(&s.SilenceTimeout, 10*time.Second)
+				setDefault(&s.Mode, "ok")
+			}
 		}
 	}
 }
@@ -256,6 +286,7 @@ func (c *Config) Validate() error {
 		return c.errorf("regions", "at least one region is required")
 	}
 	seen := make(map[string]int, len(c.Regions))
+	deployments := 0
 	for i := range c.Regions {
 		r := &c.Regions[i]
 		field := fmt.Sprintf("regions[%d]", i)
@@ -267,6 +298,10 @@ func (c *Config) Validate() error {
 				r.Name, lineOf(c.root, fmt.Sprintf("regions[%d]", first)))
 		}
 		seen[r.Name] = i
+		deployments += len(r.Deployments())
+	}
+	if deployments > MaxDeployments {
+		return c.errorf("regions", "%d deployments (regions and their products); at most %d", deployments, MaxDeployments)
 	}
 	if err := c.validateHealth(); err != nil {
 		return err

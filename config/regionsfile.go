@@ -21,11 +21,19 @@ type RegionsFile struct {
 	Regions []DeployedRegion `yaml:"regions"`
 }
 
-// DeployedRegion is one region as deployed.
+// DeployedRegion is one region as deployed: its main deployment and those
+// of its products.
 type DeployedRegion struct {
-	Name     string `yaml:"name"`
+	Name     string                     `yaml:"name"`
+	URL      string                     `yaml:"url,omitempty"`
+	Capacity int                        `yaml:"capacity,omitempty"` // max containers x target inputs; 0 keeps the config's
+	Products map[string]DeployedProduct `yaml:"products,omitempty"`
+}
+
+// DeployedProduct is one product's deployment in a region.
+type DeployedProduct struct {
 	URL      string `yaml:"url"`
-	Capacity int    `yaml:"capacity,omitempty"` // max containers x target inputs; 0 keeps the config's
+	Capacity int    `yaml:"capacity,omitempty"`
 }
 
 // RegionsFilePath is where regions_file points, resolved against the
@@ -92,17 +100,49 @@ func (c *Config) overlayRegions() error {
 			c.regionsIgnored = append(c.regionsIgnored, d.Name)
 			continue
 		}
-		u, err := url.Parse(d.URL)
-		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return c.errorf("regions_file", "%s: url %q is not an http(s) URL", where, d.URL)
+		if d.URL == "" && len(d.Products) == 0 {
+			return c.errorf("regions_file", "%s: no url and no products", where)
 		}
-		if d.Capacity < 0 {
-			return c.errorf("regions_file", "%s: capacity must not be negative", where)
+		if d.URL != "" {
+			if err := checkDeployed(d.URL, d.Capacity); err != nil {
+				return c.errorf("regions_file", "%s: %v", where, err)
+			}
+			r.URL, r.Sim = d.URL, nil
+			if d.Capacity > 0 {
+				r.Capacity = d.Capacity
+			}
 		}
-		r.URL, r.Sim = d.URL, nil
-		if d.Capacity > 0 {
-			r.Capacity = d.Capacity
+		for name, p := range d.Products {
+			if err := checkDeployed(p.URL, p.Capacity); err != nil {
+				return c.errorf("regions_file", "%s.products.%s: %v", where, name, err)
+			}
+			if r.Products == nil {
+				r.Products = map[string]*Product{}
+			}
+			// A product deployed but not in the config is routed to with
+			// the region's headers: the deployer deployed it for this region.
+			cp := r.Products[name]
+			if cp == nil {
+				cp = &Product{}
+				r.Products[name] = cp
+			}
+			cp.URL, cp.Sim = p.URL, nil
+			if p.Capacity > 0 {
+				cp.Capacity = p.Capacity
+			}
 		}
+	}
+	return nil
+}
+
+// checkDeployed checks a deployed URL and capacity.
+func checkDeployed(raw string, capacity int) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("url %q is not an http(s) URL", raw)
+	}
+	if capacity < 0 {
+		return errors.New("capacity must not be negative")
 	}
 	return nil
 }

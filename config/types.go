@@ -2,10 +2,12 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -165,6 +167,102 @@ func (r *Region) validate() error {
 	if !nameRE.MatchString(r.Name) {
 		return ferr("name", "%q must be lower-case letters, digits and dashes", r.Name)
 	}
+	if r.URL == "" && len(r.Products) > 0 {
+		// Only products: the rest is checked on each.
+		if err := r.Location.validate(); err != nil {
+			fe := err.(*fieldError)
+			return ferr("location."+fe.field, "%s", fe.msg)
+		}
+		if r.Location == (Location{}) {
+			return ferr("location", "is required: {lat: ..., lon: ...} of the region's data centre, for routing by distance")
+		}
+		if r.Sim != nil {
+			return ferr("sim", "a region without a url takes no sim options (give them to its products)")
+		}
+		return r.validateProducts()
+	}
+	if err := r.validateEndpoint(); err != nil {
+		return err
+	}
+	return r.validateProducts()
+}
+
+// validateProducts checks each product as a deployment of its own.
+func (r *Region) validateProducts() error {
+	for name, p := range r.Products {
+		field := "products." + name
+		if !slices.Contains(ProductNames, name) {
+			return ferr(field, "%q is not a product (want one of %s)", name, strings.Join(ProductNames, ", "))
+		}
+		if p == nil || p.URL == "" {
+			return ferr(field+".url", "is required")
+		}
+		d := Region{Name: r.Name, URL: p.URL, Location: r.Location, Capacity: p.Capacity, Headers: p.Headers, Sim: p.Sim}
+		if err := d.validateEndpoint(); err != nil {
+			fe := err.(*fieldError)
+			return ferr(field+"."+fe.field, "%s", fe.msg)
+		}
+		p.Headers = d.Headers
+	}
+	return nil
+}
+
+// ProductNames are the products a region may deploy on their own URLs
+// (routing.Products).
+var ProductNames = []string{"listen", "flux", "speak", "agent"}
+
+// MaxDeployments is the most deployments (regions' main URLs and their
+// products) a config may have: routing.MaxRegions.
+const MaxDeployments = 64
+
+// Deployments are the region's deployments, each as a Region of its own:
+// its main URL (named as the region) if it has one, then each product's,
+// named REGION/PRODUCT, with the region's headers under the product's own.
+// Valid after Validate.
+func (r *Region) Deployments() []Region {
+	var out []Region
+	if r.URL != "" {
+		main := *r
+		main.Products, main.Group = nil, r.Name
+		out = append(out, main)
+	}
+	for _, name := range ProductNames {
+		p := r.Products[name]
+		if p == nil {
+			continue
+		}
+		d := Region{Name: r.Name + "/" + name, Group: r.Name, Product: name, URL: p.URL,
+			Location: r.Location, Capacity: p.Capacity, Sim: p.Sim, Headers: map[string]Secret{}}
+		maps.Copy(d.Headers, r.Headers)
+		maps.Copy(d.Headers, p.Headers)
+		d.base, _ = parseBase(p.URL)
+		out = append(out, d)
+	}
+	return out
+}
+
+// Deployments are every region's deployments, in configured order.
+func (c *Config) Deployments() []Region {
+	var out []Region
+	for i := range c.Regions {
+		out = append(out, c.Regions[i].Deployments()...)
+	}
+	return out
+}
+
+// parseBase parses a region's URL as the proxy uses it.
+func parseBase(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	return u, nil
+}
+
+// validateEndpoint checks the region's URL, location, capacity, headers and
+// simulation.
+func (r *Region) validateEndpoint() error {
 	u, err := url.Parse(r.URL)
 	if err != nil || r.URL == "" {
 		return ferr("url", "%q is not a URL", r.URL)
@@ -187,8 +285,7 @@ func (r *Region) validate() error {
 	if u.RawQuery != "" || u.Fragment != "" {
 		return ferr("url", "must not have a query or fragment")
 	}
-	u.Path = strings.TrimSuffix(u.Path, "/")
-	r.base = u
+	r.base, _ = parseBase(r.URL)
 	if r.Sim != nil && u.Scheme != "sim" {
 		return ferr("sim", "only a sim:// region takes sim options")
 	}

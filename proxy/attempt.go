@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"errors"
 	"net/http"
 	"strconv"
@@ -36,7 +37,8 @@ func (h *Handler) RetriesInProgress() int { return h.engine.RetriesInProgress() 
 // deadline runs from there). The error is the router's answer;
 // otherwise the caller must End the run.
 func (h *Handler) decide(r *http.Request, x *exchange, exclude map[string]bool, start time.Time) (*failover.Run, *apiError) {
-	q := routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader)}
+	q := routing.Query{Place: x.client.Place, Override: r.Header.Get(routing.OverrideHeader),
+		Product: routing.ProductOf(r.URL.Path)}
 	if x.key != nil && len(x.key.Regions) > 0 {
 		q.Allow, q.AllowRule = x.snap.Table.Mask(x.key.Regions), "key "+x.key.Name
 		if q.Allow == 0 { // none of its regions exists: confined to nowhere
@@ -103,7 +105,7 @@ func (x *exchange) setRouteHeaders(h http.Header) {
 	if x.up == nil {
 		return
 	}
-	h.Set(routing.OverrideHeader, x.up.Name)
+	h.Set(routing.OverrideHeader, cmp.Or(x.up.Region, x.up.Name))
 	h.Set(routing.RouteHeader, string(x.reason))
 }
 

@@ -37,7 +37,10 @@ import (
 
 // Upstream is a region as the proxy reaches it.
 type Upstream struct {
-	Name   string
+	Name string
+	// Region is the configured region Name is a deployment of, named in
+	// X-Earshot-Region; "" when it is Name.
+	Region string
 	URL    *url.URL    // http or https base URL; a path prefix is kept
 	Header http.Header // added to every request and handshake, replacing the client's
 	Health *health.Region

@@ -17,6 +17,15 @@
 //   - residency rules remove the regions a client may not use, whatever the
 //     order, so failover can never leave them.
 //
+// A region may serve its products from several deployments, each with its
+// own URL, load and health: a Region here is one deployment, its Group the
+// configured region and its Product what it alone serves there (ProductOf
+// names a path's product). Names in the options (preferences, residency,
+// fallback, overrides, Mask) are configured regions; for a request of
+// product p each region offers the one deployment that serves p (its
+// product deployment, else its main one), so the rest of the ranking is
+// unchanged.
+//
 // Routing never dials anything and never blocks: it reads each region's
 // load and latency through the small Load interface declared here, which the
 // health package implements. The proxy walks the candidates; the first that
@@ -27,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"time"
 )
 
@@ -69,9 +79,16 @@ type Load interface {
 	Slowdown() time.Duration
 }
 
-// Region is a region as routing sees it.
+// Region is a region as routing sees it: one deployment of it.
 type Region struct {
-	Name     string
+	Name string
+	// Group is the configured region the deployment belongs to: its
+	// name in options, overrides and X-Earshot-Region. "" means Name.
+	Group string
+	// Product is what this deployment alone serves in its group; ""
+	// for the group's main deployment, which serves every path no
+	// product deployment of the group takes.
+	Product  Product
 	Location Location
 	Load     Load
 
@@ -113,12 +130,15 @@ type Options struct {
 var (
 	ErrUnknownRegion = errors.New("unknown region")
 	ErrNotAllowed    = errors.New("region not allowed")
+	ErrNotServed     = errors.New("region does not serve")
 )
 
 // Table ranks regions. It is immutable and safe for concurrent use.
 type Table struct {
 	regions  []*Region
-	byName   map[string]int
+	byName   map[string]int    // deployments by Name
+	groups   map[string]uint64 // configured regions: their deployments
+	serves   [numProducts]uint64
 	opts     Options
 	fallback Location
 
@@ -146,19 +166,34 @@ func NewTable(regions []*Region, o Options) (*Table, error) {
 	if len(regions) == 0 || len(regions) > MaxRegions {
 		return nil, fmt.Errorf("routing: %d regions; want 1 to %d", len(regions), MaxRegions)
 	}
-	t := &Table{regions: regions, byName: make(map[string]int, len(regions)), opts: o,
-		preferCountry: map[string][]int{}, preferContinent: map[string][]int{}}
+	t := &Table{regions: regions, byName: make(map[string]int, len(regions)), groups: map[string]uint64{},
+		opts: o, preferCountry: map[string][]int{}, preferContinent: map[string][]int{}}
 	for i, r := range regions {
+		if _, dup := t.byName[r.Name]; dup {
+			return nil, fmt.Errorf("routing: region %q twice", r.Name)
+		}
+		if productIndex(r.Product) < 0 {
+			return nil, fmt.Errorf("routing: region %s: unknown product %q", r.Name, r.Product)
+		}
 		t.byName[r.Name] = i
+		t.groups[r.group()] |= 1 << i
 	}
+	if err := t.indexProducts(); err != nil {
+		return nil, err
+	}
+	// index lists the deployments of the named regions, in order.
 	index := func(names []string) ([]int, error) {
 		idx := make([]int, 0, len(names))
 		for _, n := range names {
-			i, ok := t.byName[n]
+			m, ok := t.groups[n]
 			if !ok {
 				return nil, fmt.Errorf("routing: %w %q", ErrUnknownRegion, n)
 			}
-			idx = append(idx, i)
+			for i := range regions {
+				if m&(1<<i) != 0 {
+					idx = append(idx, i)
+				}
+			}
 		}
 		return idx, nil
 	}
@@ -203,11 +238,11 @@ func NewTable(regions []*Region, o Options) (*Table, error) {
 	case o.FallbackLocation != nil:
 		t.fallback = *o.FallbackLocation
 	case o.FallbackRegion != "":
-		i, ok := t.byName[o.FallbackRegion]
-		if !ok {
-			return nil, fmt.Errorf("routing: fallback: %w %q", ErrUnknownRegion, o.FallbackRegion)
+		idx, err := index([]string{o.FallbackRegion})
+		if err != nil {
+			return nil, fmt.Errorf("routing: fallback: %w", err)
 		}
-		t.fallback = regions[i].Location
+		t.fallback = regions[idx[0]].Location
 	default:
 		t.fallback = regions[0].Location
 	}
@@ -234,20 +269,20 @@ func (t *Table) Region(name string) *Region {
 // Query is what Select ranks for.
 type Query struct {
 	Place    Place
-	Override string // the region the client named, if any
+	Override string  // the region the client named, if any
+	Product  Product // what the request asks for: ProductOf its path
 	// Allow, when not zero, confines the client to these regions (a Mask),
 	// as a residency rule does; AllowRule names it.
 	Allow     uint64
 	AllowRule string
 }
 
-// Mask is the Query.Allow of the named regions; unknown names are left out.
+// Mask is the Query.Allow of the named regions (all their deployments);
+// unknown names are left out.
 func (t *Table) Mask(names []string) uint64 {
 	var m uint64
 	for _, n := range names {
-		if i, ok := t.byName[n]; ok {
-			m |= 1 << i
-		}
+		m |= t.groups[n]
 	}
 	return m
 }
@@ -286,9 +321,11 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 			d.Rule = q.AllowRule
 		}
 	}
+	serves := t.serves[max(0, productIndex(q.Product))]
 
 	base := len(dst)
 	var taken uint64
+	allowed &= serves
 	take := func(i int) {
 		if taken&(1<<i) == 0 && allowed&(1<<i) != 0 {
 			taken |= 1 << i
@@ -296,14 +333,16 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 		}
 	}
 	if q.Override != "" && t.opts.AllowOverride {
-		i, ok := t.byName[q.Override]
-		if !ok {
+		g, ok := t.groups[q.Override]
+		switch {
+		case !ok:
 			return d, fmt.Errorf("%w %q", ErrUnknownRegion, q.Override)
-		}
-		if allowed&(1<<i) == 0 {
+		case g&serves == 0:
+			return d, fmt.Errorf("%w %s: %s has no deployment for it", ErrNotServed, q.Product.describe(), q.Override)
+		case g&allowed == 0:
 			return d, fmt.Errorf("%w: %s may not be used under rule %q", ErrNotAllowed, q.Override, d.Rule)
 		}
-		take(i)
+		take(bits.TrailingZeros64(g & allowed))
 		d.Reason = Override
 	}
 	if p.Located {

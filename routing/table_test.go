@@ -519,3 +519,104 @@ func TestSelectReusedSliceDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// productTable is four regions with product deployments: us-east has its
+// own Flux, eu-west its own Aura, ap-south only Flux (no main deployment).
+func productTable(t *testing.T, o Options) *Table {
+	t.Helper()
+	var regions []*Region
+	mk := func(name, group string, p Product, lat, lon float64) {
+		regions = append(regions, &Region{Name: name, Group: group, Product: p,
+			Location: Location{lat, lon}, Load: &stubLoad{capacity: 100}})
+	}
+	mk("us-east", "", "", 39.04, -77.49)
+	mk("us-east/flux", "us-east", Flux, 39.04, -77.49)
+	mk("us-west", "", "", 45.60, -121.18)
+	mk("eu-west", "", "", 53.35, -6.26)
+	mk("eu-west/speak", "eu-west", Speak, 53.35, -6.26)
+	mk("ap-south/flux", "ap-south", Flux, 19.08, 72.88)
+	tab, err := NewTable(regions, o)
+	if err != nil {
+		t.Fatalf("NewTable: %v", err)
+	}
+	return tab
+}
+
+func TestSelectByProduct(t *testing.T) {
+	dublin := Place{Country: "IE", Continent: "EU", Lat: 53.35, Lon: -6.26, Located: true}
+	newYork := Place{Country: "US", Continent: "NA", Lat: 40.7, Lon: -74, Located: true}
+	mumbai := Place{Country: "IN", Continent: "AS", Lat: 19.08, Lon: 72.88, Located: true}
+	eu := []Rule{{Name: "gdpr", Countries: []string{"FR"}, Regions: []string{"eu-west"}}}
+	tab := productTable(t, Options{AllowOverride: true, PreferCountry: map[string][]string{"NZ": {"ap-south"}}, Residency: eu})
+	for _, c := range []struct {
+		name     string
+		q        Query
+		want     []string
+		reason   Reason
+		notServe bool
+	}{
+		{name: "nova from Dublin: main deployments only", q: Query{Place: dublin, Product: Listen},
+			want: []string{"eu-west", "us-east", "us-west"}, reason: Nearest},
+		{name: "flux from Dublin: a region without its own Flux serves it from its main deployment",
+			q:    Query{Place: dublin, Product: Flux},
+			want: []string{"eu-west", "us-east/flux", "us-west", "ap-south/flux"}, reason: Nearest},
+		{name: "flux from Mumbai: the Flux-only region first", q: Query{Place: mumbai, Product: Flux},
+			want: []string{"ap-south/flux", "eu-west", "us-west", "us-east/flux"}, reason: Nearest},
+		{name: "speak from New York", q: Query{Place: newYork, Product: Speak},
+			want: []string{"us-east", "us-west", "eu-west/speak"}, reason: Nearest},
+		{name: "models from Mumbai: a region with no main deployment serves no other path", q: Query{Place: mumbai},
+			want: []string{"eu-west", "us-west", "us-east"}, reason: Nearest},
+		{name: "override names the region; its Flux deployment serves", q: Query{Place: dublin, Product: Flux, Override: "us-east"},
+			want: []string{"us-east/flux", "eu-west", "us-west", "ap-south/flux"}, reason: Override},
+		{name: "override of a region with nothing for the path", q: Query{Place: dublin, Override: "ap-south"}, notServe: true},
+		{name: "preference by region name", q: Query{Place: Place{Country: "NZ", Continent: "OC", Lat: -41, Lon: 174, Located: true}, Product: Flux},
+			want: []string{"ap-south/flux", "us-west", "us-east/flux", "eu-west"}, reason: Preferred},
+		{name: "residency by region name", q: Query{Place: Place{Country: "FR", Continent: "EU", Lat: 48.9, Lon: 2.35, Located: true}, Product: Speak},
+			want: []string{"eu-west/speak"}, reason: Residency},
+		{name: "a key's regions by name", q: Query{Place: dublin, Product: Flux, Allow: tab.Mask([]string{"us-east", "ap-south"}), AllowRule: "key k"},
+			want: []string{"us-east/flux", "ap-south/flux"}, reason: Nearest},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, err := tab.Select(nil, c.q)
+			if c.notServe {
+				if !errors.Is(err, ErrNotServed) {
+					t.Fatalf("err = %v, want ErrNotServed", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := regionNames(d.Candidates); !slices.Equal(got, c.want) || d.Reason != c.reason {
+				t.Errorf("got %v (%s), want %v (%s)", got, d.Reason, c.want, c.reason)
+			}
+		})
+	}
+}
+
+func TestProductTableErrors(t *testing.T) {
+	l := &stubLoad{}
+	for name, regions := range map[string][]*Region{
+		"two Flux deployments in a region": {{Name: "a"}, {Name: "a/flux", Group: "a", Product: Flux}, {Name: "a/flux2", Group: "a", Product: Flux}},
+		"unknown product":                  {{Name: "a", Product: "vision"}},
+		"one name twice":                   {{Name: "a"}, {Name: "a"}},
+	} {
+		for _, r := range regions {
+			r.Load = l
+		}
+		if _, err := NewTable(regions, Options{}); err == nil {
+			t.Errorf("%s: NewTable accepted it", name)
+		}
+	}
+}
+
+func TestProductOf(t *testing.T) {
+	for path, want := range map[string]Product{
+		"/v1/listen": Listen, "/v2/listen": Flux, "/v1/speak": Speak, "/v2/speak": Speak,
+		"/v1/agent/converse": Agent, "/v1/models": "", "/v1/read": "", "/v1/listen/": "",
+	} {
+		if got := ProductOf(path); got != want {
+			t.Errorf("ProductOf(%q) = %q, want %q", path, got, want)
+		}
+	}
+}

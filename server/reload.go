@@ -36,7 +36,20 @@ type state struct {
 	loadedAt time.Time
 }
 
-// region returns the region named name, or nil.
+// deployments are the live deployments of the region named name (all of
+// them, or only product's when product is set), or the deployment named
+// name (REGION/PRODUCT).
+func (st *state) deployments(name, product string) []*regionState {
+	var out []*regionState
+	for _, r := range st.regions {
+		if product == "" && (r.name == name || r.cfg.Group == name) || r.cfg.Group == name && r.cfg.Product == product {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// region returns the deployment named name, or nil.
 func (st *state) region(name string) *regionState {
 	for _, r := range st.regions {
 		if r.name == name {
@@ -52,10 +65,11 @@ func (st *state) region(name string) *regionState {
 // limits are unchanged keep their rate and stream counts.
 func (s *Server) build(cfg *config.Config, prev *state) (*state, *proxy.Snapshot, error) {
 	st := &state{cfg: cfg, sims: map[string]*sim.Server{}, keys: map[string]*auth.Key{}, loadedAt: time.Now()}
-	snap := &proxy.Snapshot{Upstreams: make(map[string]*proxy.Upstream, len(cfg.Regions))}
+	deployments := cfg.Deployments()
+	snap := &proxy.Snapshot{Upstreams: make(map[string]*proxy.Upstream, len(deployments))}
 	var table []*routing.Region
-	for i := range cfg.Regions {
-		rc := &cfg.Regions[i]
+	for i := range deployments {
+		rc := &deployments[i]
 		r, err := s.buildRegion(rc, prev)
 		if err != nil {
 			return nil, nil, err
@@ -64,9 +78,11 @@ func (s *Server) build(cfg *config.Config, prev *state) (*state, *proxy.Snapshot
 			st.sims[r.name] = r.sim
 		}
 		st.regions = append(st.regions, r)
-		snap.Upstreams[r.name] = proxy.NewUpstream(r.name, r.base, r.header, r.health)
-		table = append(table, &routing.Region{Name: r.name, Load: r.health,
-			Location: routing.Location{Lat: rc.Location.Lat, Lon: rc.Location.Lon}})
+		up := proxy.NewUpstream(r.name, r.base, r.header, r.health)
+		up.Region = rc.Group
+		snap.Upstreams[r.name] = up
+		table = append(table, &routing.Region{Name: r.name, Group: rc.Group, Product: routing.Product(rc.Product),
+			Load: r.health, Location: routing.Location{Lat: rc.Location.Lat, Lon: rc.Location.Lon}})
 	}
 	var err error
 	if snap.Table, err = routing.NewTable(table, tableOptions(&cfg.Routing)); err != nil {

@@ -388,7 +388,9 @@ func (s *Server) adminHandler() http.Handler {
 }
 
 type regionStatus struct {
-	Name       string       `json:"name"`
+	Name       string       `json:"name"`    // the deployment: REGION or REGION/PRODUCT
+	Region     string       `json:"region"`  // the configured region
+	Product    string       `json:"product"` // what it alone serves; "" for the region's main URL
 	Kind       string       `json:"kind"`
 	URL        string       `json:"url"`
 	State      string       `json:"state"` // one word for people: see regionState.summary
@@ -465,7 +467,7 @@ func (r *regionState) status(draining bool) regionStatus {
 	h := r.health
 	state, last := h.Probe()
 	st := regionStatus{
-		Name: r.name, Kind: r.kind, URL: r.url, State: r.summary(draining),
+		Name: r.name, Region: r.cfg.Group, Product: r.cfg.Product, Kind: r.kind, URL: r.url, State: r.summary(draining),
 		InRotation: h.InRotation() && !draining, Health: state.String(), Breaker: string(h.Breaker()),
 		CoolingMS: h.CoolingFor().Milliseconds(),
 		InFlight:  h.InFlight(), Capacity: h.Capacity(), Configured: h.Configured(),
@@ -562,29 +564,40 @@ func (s *Server) serveStatus(w http.ResponseWriter, _ *http.Request) {
 
 // serveDrain takes a region out of rotation for maintenance (POST) and its
 // open streams to other regions at their next final, or puts it back
-// (DELETE). Pre-recorded requests in flight there finish.
+// (DELETE). Pre-recorded requests in flight there finish. It acts on all
+// the region's deployments, or with ?product=flux on that product's.
 func (s *Server) serveDrain(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("region")
-	rs := s.live().region(name)
-	if rs == nil {
-		http.Error(w, "no region of that name", http.StatusNotFound)
+	name, product := r.PathValue("region"), r.URL.Query().Get("product")
+	deps := s.live().deployments(name, product)
+	if len(deps) == 0 {
+		http.Error(w, "no region or product of that name", http.StatusNotFound)
 		return
 	}
 	drain := r.Method == http.MethodPost
-	rs.health.SetDrained(drain)
 	moving := 0
-	if drain {
-		moving = s.proxy.MoveStreams(rs.health)
+	var names []string
+	for _, rs := range deps {
+		rs.health.SetDrained(drain)
+		if drain {
+			moving += s.proxy.MoveStreams(rs.health)
+		}
+		names = append(names, rs.name)
 	}
-	s.log.Info("region drain", zap.String("region", name), zap.Bool("drained", drain), zap.Int("streams_moving", moving))
+	s.log.Info("region drain", zap.String("region", name), zap.Strings("deployments", names), zap.Bool("drained", drain),
+		zap.Int("streams_moving", moving))
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]any{"region": name, "drained": drain, "streams_moving": moving})
+	_ = json.NewEncoder(w).Encode(map[string]any{"region": name, "deployments": names, "drained": drain, "streams_moving": moving})
 }
 
 // serveSimMode switches a simulated region's failure mode:
-// POST /sim/us-east/mode?mode=refuse (ok, refuse, hang, die).
+// POST /sim/us-east/mode?mode=refuse (ok, refuse, hang, die); a product's
+// engine with &product=flux.
 func (s *Server) serveSimMode(w http.ResponseWriter, r *http.Request) {
-	srv := s.live().sims[r.PathValue("region")]
+	name := r.PathValue("region")
+	if p := r.URL.Query().Get("product"); p != "" {
+		name += "/" + p
+	}
+	srv := s.live().sims[name]
 	if srv == nil {
 		http.Error(w, "no simulated region of that name", http.StatusNotFound)
 		return
@@ -597,6 +610,6 @@ func (s *Server) serveSimMode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	srv.SetMode(m)
-	s.log.Info("simulated region mode changed", zap.String("region", r.PathValue("region")), zap.String("mode", string(m)))
+	s.log.Info("simulated region mode changed", zap.String("region", name), zap.String("mode", string(m)))
 	w.WriteHeader(http.StatusNoContent)
 }
