@@ -65,6 +65,35 @@ type Deploy struct {
 	Defaults DeployRegion `yaml:"defaults"`
 	// Regions are the regions to deploy, by the name they have in regions.
 	Regions map[string]DeployRegion `yaml:"regions"`
+	// Products are deployed in each region as apps of their own, next to
+	// the region's main app, by product: listen, flux, speak, agent
+	// (Deepgram deploys Flux and Aura-2 on stacks of their own). The
+	// router sends each product's paths to its app (regions[].products).
+	Products map[string]DeployProduct `yaml:"products"`
+}
+
+// DeployProduct is how one product is deployed in every region that has
+// it.
+type DeployProduct struct {
+	// Image, Volumes, Secrets, APICommand and EngineCommand replace the
+	// deploy section's when set: the product's own image and models.
+	Image         string            `yaml:"image"`
+	Volumes       map[string]string `yaml:"volumes"`
+	Secrets       []string          `yaml:"secrets"`
+	APICommand    []string          `yaml:"api_command"`
+	EngineCommand []string          `yaml:"engine_command"`
+	// Defaults are the product's sizing and scaling in every region, over
+	// the deploy section's defaults; a region's products entry wins.
+	Defaults DeployRegion `yaml:"defaults"`
+}
+
+// Stack is what one deployment runs: its image, models and commands.
+type Stack struct {
+	Image         string
+	Volumes       map[string]string
+	Secrets       []string
+	APICommand    []string
+	EngineCommand []string
 }
 
 // DeployRegion is how one region is deployed and scaled.
@@ -94,6 +123,13 @@ type DeployRegion struct {
 	// Schedule raises min_containers during hours of the day (UTC), for
 	// `deployer scale`: follow the sun.
 	Schedule []Window `yaml:"schedule"`
+	// Products (in a region only) are the products this region deploys,
+	// each with settings of its own over the product's defaults: {flux:
+	// {max_containers: 2}}. Without it, the region deploys every product
+	// of deploy.products; {} deploys none. A product's app runs where the
+	// region's does unless it says otherwise; its sizing and scaling are
+	// the product's, not the region's main app's.
+	Products map[string]DeployRegion `yaml:"products"`
 }
 
 // Window is a daily period, in UTC, with a floor on containers.
@@ -136,8 +172,11 @@ var ComputeRegions = []string{
 	"ap-northeast", "ap-southeast", "ap-south", "ap-melbourne", "jp", "au",
 }
 
-// AppName is the Modal app of a region.
-func (d *Deploy) AppName(region string) string { return d.AppPrefix + region }
+// AppName is the Modal app of a deployment: prefix + region for a
+// region's main app, prefix + region + "-" + product for a product's.
+func (d *Deploy) AppName(deployment string) string {
+	return d.AppPrefix + strings.ReplaceAll(deployment, "/", "-")
+}
 
 // RegionNames are the regions to deploy, in the order of the config's
 // regions.
@@ -151,29 +190,113 @@ func (d *Deploy) RegionNames(c *Config) []string {
 	return names
 }
 
-// Region is a region's settings with the defaults filled in.
-func (d *Deploy) Region(name string) DeployRegion {
-	r, def := d.Regions[name], d.Defaults
-	// Each setting: the region's own, else the defaults', else earshot's.
-	r.ProxyRegion = cmp.Or(r.ProxyRegion, def.ProxyRegion, name)
-	if len(r.ContainerRegions) == 0 {
-		r.ContainerRegions = def.ContainerRegions
+// RegionProducts are the products region deploys, in ProductNames order.
+func (d *Deploy) RegionProducts(region string) []string {
+	own := d.Regions[region].Products
+	var out []string
+	for _, p := range ProductNames {
+		_, listed := own[p]
+		if _, ok := d.Products[p]; ok && (own == nil || listed) {
+			out = append(out, p)
+		}
 	}
+	return out
+}
+
+// Deployments are the apps to deploy, in the order of the config's
+// regions: each region's main app (named as the region), then one per
+// product it deploys (REGION/PRODUCT, as the router names them).
+func (d *Deploy) Deployments(c *Config) []string {
+	var out []string
+	for _, r := range d.RegionNames(c) {
+		out = append(out, r)
+		for _, p := range d.RegionProducts(r) {
+			out = append(out, r+"/"+p)
+		}
+	}
+	return out
+}
+
+// Region is a deployment's settings with the defaults filled in: a
+// region's main app's (the region's own, then deploy.defaults), or with
+// REGION/PRODUCT a product's (the region's products entry, then the
+// product's defaults, then deploy.defaults; where it runs from the region).
+func (d *Deploy) Region(name string) DeployRegion {
+	region, product, isProduct := strings.Cut(name, "/")
+	if !isProduct {
+		return d.settings(region, d.Regions[region], d.Defaults)
+	}
+	main := d.Region(region)
+	r := d.settings(region, d.Regions[region].Products[product], d.Products[product].Defaults, d.Defaults)
+	own, pd := d.Regions[region].Products[product], d.Products[product].Defaults
+	r.ProxyRegion = cmp.Or(own.ProxyRegion, pd.ProxyRegion, main.ProxyRegion)
+	if len(own.ContainerRegions) == 0 && len(pd.ContainerRegions) == 0 {
+		r.ContainerRegions = main.ContainerRegions
+	}
+	r.Products = nil
+	return r
+}
+
+// settings fills each setting from the first layer that has it, else
+// earshot's default.
+func (d *Deploy) settings(region string, layers ...DeployRegion) DeployRegion {
+	var r DeployRegion
+	for _, l := range slices.Backward(layers) { // the first layer wins
+		r.ProxyRegion = cmp.Or(l.ProxyRegion, r.ProxyRegion)
+		if len(l.ContainerRegions) > 0 {
+			r.ContainerRegions = l.ContainerRegions
+		}
+		r.GPU = cmp.Or(l.GPU, r.GPU)
+		r.CPU = cmp.Or(l.CPU, r.CPU)
+		r.Memory = cmp.Or(l.Memory, r.Memory)
+		r.MinContainers = cmp.Or(l.MinContainers, r.MinContainers)
+		r.MaxContainers = cmp.Or(l.MaxContainers, r.MaxContainers)
+		r.BufferContainers = cmp.Or(l.BufferContainers, r.BufferContainers)
+		r.TargetInputs = cmp.Or(l.TargetInputs, r.TargetInputs)
+		r.ScaledownWindow = cmp.Or(l.ScaledownWindow, r.ScaledownWindow)
+		if len(l.Schedule) > 0 {
+			r.Schedule = l.Schedule
+		}
+	}
+	r.Products = d.Regions[region].Products
+	r.ProxyRegion = cmp.Or(r.ProxyRegion, region)
 	if len(r.ContainerRegions) == 0 {
 		r.ContainerRegions = []string{r.ProxyRegion}
 	}
-	r.GPU = cmp.Or(r.GPU, def.GPU, "L4")
-	r.CPU = cmp.Or(r.CPU, def.CPU, 4)
-	r.Memory = cmp.Or(r.Memory, def.Memory, 16*GiB)
-	r.MinContainers = cmp.Or(r.MinContainers, def.MinContainers, new(1))
-	r.MaxContainers = cmp.Or(r.MaxContainers, def.MaxContainers, 4)
-	r.BufferContainers = cmp.Or(r.BufferContainers, def.BufferContainers, new(0))
-	r.TargetInputs = cmp.Or(r.TargetInputs, def.TargetInputs, 16)
-	r.ScaledownWindow = cmp.Or(r.ScaledownWindow, def.ScaledownWindow, 5*time.Minute)
-	if len(r.Schedule) == 0 {
-		r.Schedule = def.Schedule
-	}
+	r.GPU = cmp.Or(r.GPU, "L4")
+	r.CPU = cmp.Or(r.CPU, 4)
+	r.Memory = cmp.Or(r.Memory, 16*GiB)
+	r.MinContainers = cmp.Or(r.MinContainers, new(1))
+	r.MaxContainers = cmp.Or(r.MaxContainers, 4)
+	r.BufferContainers = cmp.Or(r.BufferContainers, new(0))
+	r.TargetInputs = cmp.Or(r.TargetInputs, 16)
+	r.ScaledownWindow = cmp.Or(r.ScaledownWindow, 5*time.Minute)
 	return r
+}
+
+// Stack is what a deployment runs: the deploy section's image, volumes,
+// secrets and commands, or a product's where it sets them.
+func (d *Deploy) Stack(deployment string) Stack {
+	st := Stack{Image: d.Image, Volumes: d.Volumes, Secrets: d.Secrets, APICommand: d.APICommand, EngineCommand: d.EngineCommand}
+	_, product, ok := strings.Cut(deployment, "/")
+	if !ok {
+		return st
+	}
+	p := d.Products[product]
+	st.Image = cmp.Or(p.Image, st.Image)
+	if p.Volumes != nil {
+		st.Volumes = p.Volumes
+	}
+	if p.Secrets != nil {
+		st.Secrets = p.Secrets
+	}
+	if len(p.APICommand) > 0 {
+		st.APICommand = p.APICommand
+	}
+	if len(p.EngineCommand) > 0 {
+		st.EngineCommand = p.EngineCommand
+	}
+	return st
 }
 
 // Capacity is what the region holds at its largest: max containers times
@@ -230,11 +353,44 @@ func (c *Config) validateDeploy() error {
 	if len(d.Regions) == 0 {
 		return c.errorf("deploy.regions", "name at least one region to deploy")
 	}
-	for name := range d.Regions {
-		field := "deploy.regions." + name
-		if c.region(name) == nil {
-			return c.errorf(field, "region %q is not in regions", name)
+	for name, p := range d.Products {
+		if !slices.Contains(ProductNames, name) {
+			return c.errorf("deploy.products."+name, "%q is not a product (want one of %s)", name, strings.Join(ProductNames, ", "))
 		}
+		if p.Defaults.Products != nil {
+			return c.errorf("deploy.products."+name+".defaults.products", "products are listed per region")
+		}
+		for mount, vol := range p.Volumes {
+			if !path.IsAbs(mount) || vol == "" {
+				return c.errorf("deploy.products."+name+".volumes", "%q: %q: want an absolute path and a volume name", mount, vol)
+			}
+		}
+	}
+	if d.Defaults.Products != nil {
+		return c.errorf("deploy.defaults.products", "products are listed per region (or all of deploy.products by default)")
+	}
+	for name := range d.Regions {
+		if c.region(name) == nil {
+			return c.errorf("deploy.regions."+name, "region %q is not in regions", name)
+		}
+		for p, own := range d.Regions[name].Products {
+			field := "deploy.regions." + name + ".products." + p
+			if _, ok := d.Products[p]; !ok {
+				return c.errorf(field, "%q is not in deploy.products", p)
+			}
+			if own.Products != nil {
+				return c.errorf(field+".products", "a product has no products")
+			}
+		}
+	}
+	apps := map[string]string{}
+	for _, name := range d.Deployments(c) {
+		field := "deploy.regions." + strings.Replace(name, "/", ".products.", 1)
+		app := d.AppName(name)
+		if other, dup := apps[app]; dup {
+			return c.errorf(field, "its Modal app would be %s, as %s's is: rename one", app, other)
+		}
+		apps[app] = name
 		r := d.Region(name)
 		switch {
 		case !slices.Contains(ProxyRegions, r.ProxyRegion):

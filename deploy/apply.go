@@ -60,17 +60,17 @@ func (d *Deployer) Apply(ctx context.Context, names []string) ([]Result, error) 
 	}
 	wg.Wait()
 
-	var deployed []config.DeployedRegion
+	var ready []Result
 	for _, r := range results {
 		if r.Err == nil {
-			deployed = append(deployed, config.DeployedRegion{Name: r.Region, URL: r.URL, Capacity: d.deploy().RouterCapacity(r.Region)})
+			ready = append(ready, r)
 		}
 	}
-	if len(deployed) > 0 {
-		if err := d.writeRegions(deployed); err != nil {
+	if len(ready) > 0 {
+		if err := d.writeRegions(ready); err != nil {
 			return results, fmt.Errorf("write %s: %w", d.Config.RegionsFilePath(), err)
 		}
-		d.printf("", "wrote %d region(s) to %s; a running router reloads it", len(deployed), d.Config.RegionsFilePath())
+		d.printf("", "wrote %d deployment(s) to %s; a running router reloads it", len(ready), d.Config.RegionsFilePath())
 	}
 	return results, failures(results)
 }
@@ -86,7 +86,7 @@ func failures(results []Result) error {
 	if len(failed) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%d of %d region(s) failed: %s", len(failed), len(results), strings.Join(failed, ", "))
+	return fmt.Errorf("%d of %d deployment(s) failed: %s", len(failed), len(results), strings.Join(failed, ", "))
 }
 
 // PrintResults writes Apply's summary for people.
@@ -161,13 +161,7 @@ func (d *Deployer) probe(ctx context.Context, region, base string) (int, EngineS
 	if err != nil {
 		return 0, st, err
 	}
-	for _, r := range d.Config.Regions {
-		if r.Name == region {
-			for name, v := range r.Headers {
-				req.Header.Set(name, v.Value())
-			}
-		}
-	}
+	req.Header = d.headers(region)
 	resp, err := d.client().Do(req)
 	if err != nil {
 		return 0, st, err
@@ -179,6 +173,24 @@ func (d *Deployer) probe(ctx context.Context, region, base string) (int, EngineS
 		}
 	}
 	return resp.StatusCode, st, nil
+}
+
+// headers are what a deployment is sent (Modal's proxy auth): its own as
+// the config has it, or for a product the config does not list yet (apply
+// deployed it), the region's, as the router does.
+func (d *Deployer) headers(name string) http.Header {
+	region, _, _ := strings.Cut(name, "/")
+	for _, dep := range d.Config.Deployments() {
+		if dep.Name == name {
+			return dep.UpstreamHeader()
+		}
+	}
+	for _, r := range d.Config.Regions {
+		if r.Name == region {
+			return r.UpstreamHeader()
+		}
+	}
+	return http.Header{}
 }
 
 // isReady is a /v1/status that can take traffic.
@@ -235,17 +247,26 @@ func (d *Deployer) waitReady(ctx context.Context, region, url string) error {
 	}
 }
 
-// writeRegions merges deployed into the regions file, keeping the regions
-// it already lists that were not deployed this time.
-func (d *Deployer) writeRegions(deployed []config.DeployedRegion) error {
+// writeRegions merges the deployments that became ready into the regions
+// file, keeping what it already lists that was not deployed this time.
+func (d *Deployer) writeRegions(ready []Result) error {
 	return d.updateRegions(func(rf *config.RegionsFile) {
-		for _, n := range deployed {
-			i := slices.IndexFunc(rf.Regions, func(r config.DeployedRegion) bool { return r.Name == n.Name })
+		for _, r := range ready {
+			region, product, isProduct := strings.Cut(r.Region, "/")
+			i := slices.IndexFunc(rf.Regions, func(e config.DeployedRegion) bool { return e.Name == region })
 			if i < 0 {
-				rf.Regions = append(rf.Regions, n)
-			} else {
-				rf.Regions[i] = n
+				rf.Regions = append(rf.Regions, config.DeployedRegion{Name: region})
+				i = len(rf.Regions) - 1
 			}
+			e, capacity := &rf.Regions[i], d.deploy().RouterCapacity(r.Region)
+			if !isProduct {
+				e.URL, e.Capacity = r.URL, capacity
+				continue
+			}
+			if e.Products == nil {
+				e.Products = map[string]config.DeployedProduct{}
+			}
+			e.Products[product] = config.DeployedProduct{URL: r.URL, Capacity: capacity}
 		}
 	})
 }

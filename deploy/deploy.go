@@ -2,9 +2,12 @@
 // in step with them; cmd/deployer is its command line.
 //
 // Each region in the config's deploy section becomes its own Modal app,
-// generated from modal_app.py.tmpl with that region's settings written in
-// (Modal imports the module again inside each container, so nothing may
-// depend on the deploying machine). The deployer drives the modal CLI,
+// and so does each product it deploys on a stack of its own
+// (deploy.products: Flux and Aura-2 run apart from Nova), named
+// REGION/PRODUCT here as in the router; each is generated from
+// modal_app.py.tmpl with its settings written in (Modal imports the module
+// again inside each container, so nothing may depend on the deploying
+// machine). The deployer drives the modal CLI,
 // which alone can deploy, and Modal's Go SDK, which can change a deployed
 // class's autoscaler:
 //
@@ -136,20 +139,30 @@ func (d *Deployer) printf(region, format string, args ...any) {
 	fmt.Fprintln(d.Out, line)
 }
 
-// regions are the regions to act on: those named, or all in the deploy
-// section. A name not in it is an error.
+// regions are the deployments to act on: all in the deploy section, or
+// those named, where a region's name stands for all its deployments (its
+// main app and its products') and REGION/PRODUCT for one. A name not in
+// the deploy section is an error.
 func (d *Deployer) regions(names []string) ([]string, error) {
-	all := d.deploy().RegionNames(d.Config)
+	all := d.deploy().Deployments(d.Config)
 	if len(names) == 0 {
 		return all, nil
 	}
 	var out []string
 	for _, n := range names {
-		if !slices.Contains(all, n) {
+		var match []string
+		for _, dep := range all {
+			if dep == n || strings.HasPrefix(dep, n+"/") && !strings.Contains(n, "/") {
+				match = append(match, dep)
+			}
+		}
+		if len(match) == 0 {
 			return nil, fmt.Errorf("region %q is not in the deploy section (have %s)", n, strings.Join(all, ", "))
 		}
-		if !slices.Contains(out, n) { // a region named twice is deployed once
-			out = append(out, n)
+		for _, m := range match {
+			if !slices.Contains(out, m) { // named twice: deployed once
+				out = append(out, m)
+			}
 		}
 	}
 	return out, nil
@@ -167,27 +180,29 @@ var appTemplate = template.Must(template.New("modal_app.py").Funcs(template.Func
 	},
 }).Parse(appTemplateText))
 
-// appData is what the template is given for one region.
+// appData is what the template is given for one deployment.
 type appData struct {
-	Region, App, ProxyRegion string
-	ContainerRegions         []string
-	Image, RegistrySecret    string
-	AddPython                string // "" for none
-	Secrets                  []string
-	Volumes                  map[string]string
-	GPU                      string
-	CPU                      float64
-	MemoryMiB                int64
-	MinContainers            int
-	MaxContainers            int
-	BufferContainers         int
-	TargetInputs             int
-	ScaledownSeconds         int
-	StartupSeconds           int
-	ExitGraceSeconds         int
-	APICommand               []string
-	EngineCommand            []string
-	Command                  string
+	Region, Product       string // Product is "" for the region's main app
+	Deployment            string // Region, or Region/Product
+	App, ProxyRegion      string
+	ContainerRegions      []string
+	Image, RegistrySecret string
+	AddPython             string // "" for none
+	Secrets               []string
+	Volumes               map[string]string
+	GPU                   string
+	CPU                   float64
+	MemoryMiB             int64
+	MinContainers         int
+	MaxContainers         int
+	BufferContainers      int
+	TargetInputs          int
+	ScaledownSeconds      int
+	StartupSeconds        int
+	ExitGraceSeconds      int
+	APICommand            []string
+	EngineCommand         []string
+	Command               string
 }
 
 // appFile is where a region's generated app is written.
@@ -200,20 +215,21 @@ func (d *Deployer) deployedFile(region string) string {
 	return filepath.Join(d.workdir(), region, "deployed.py")
 }
 
-// Render generates region's Modal app.
+// Render generates a deployment's Modal app (REGION or REGION/PRODUCT).
 func (d *Deployer) Render(region string) ([]byte, error) {
 	dep := d.deploy()
-	r := dep.Region(region)
+	r, stack := dep.Region(region), dep.Stack(region)
+	name, product, _ := strings.Cut(region, "/")
 	data := appData{
-		Region: region, App: dep.AppName(region), ProxyRegion: r.ProxyRegion,
-		ContainerRegions: r.ContainerRegions, Image: dep.Image, RegistrySecret: dep.RegistrySecret,
+		Region: name, Product: product, Deployment: region, App: dep.AppName(region), ProxyRegion: r.ProxyRegion,
+		ContainerRegions: r.ContainerRegions, Image: stack.Image, RegistrySecret: dep.RegistrySecret,
 		AddPython: strings.TrimPrefix(dep.AddPython, "none"),
-		Secrets:   nonNil(dep.Secrets), Volumes: dep.Volumes, GPU: r.GPU, CPU: r.CPU,
+		Secrets:   nonNil(stack.Secrets), Volumes: stack.Volumes, GPU: r.GPU, CPU: r.CPU,
 		MemoryMiB:     int64(math.Ceil(float64(r.Memory) / float64(config.MiB))),
 		MinContainers: *r.MinContainers, MaxContainers: r.MaxContainers, BufferContainers: *r.BufferContainers,
 		TargetInputs: r.TargetInputs, ScaledownSeconds: int(r.ScaledownWindow / time.Second),
 		StartupSeconds: int(dep.StartupTimeout / time.Second), ExitGraceSeconds: int(dep.ExitGracePeriod / time.Second),
-		APICommand: dep.APICommand, EngineCommand: dep.EngineCommand,
+		APICommand: stack.APICommand, EngineCommand: stack.EngineCommand,
 		Command: strings.Join(strings.Fields(strings.Join(d.deployCommand(region), " ")), " "), // one line: it sits in a comment
 	}
 	if data.Volumes == nil {

@@ -166,7 +166,7 @@ func (s *syncBuffer) String() string {
 // Modal-Key header, answers 503 until a container is "up" (after
 // coldPolls status requests; never when coldPolls < 0), then passes
 // requests to a simulated engine.
-func modalEdge(t *testing.T, coldPolls int) *httptest.Server {
+func modalEdge(t *testing.T, coldPolls int) *edge {
 	engine, err := sim.Start("127.0.0.1:0", sim.Options{Region: "deployed"})
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +175,8 @@ func modalEdge(t *testing.T, coldPolls int) *httptest.Server {
 	target, _ := url.Parse(engine.URL())
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	var polls atomic.Int64
-	edge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e := &edge{}
+	e.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Modal-Key") != testModalKey || r.Header.Get("Modal-Secret") == "" {
 			http.Error(w, "modal-http: missing or invalid proxy auth", http.StatusUnauthorized)
 			return
@@ -184,10 +185,28 @@ func modalEdge(t *testing.T, coldPolls int) *httptest.Server {
 			http.Error(w, "modal-http: no container available", http.StatusServiceUnavailable)
 			return
 		}
+		if r.URL.Path != "/v1/status" {
+			e.mu.Lock()
+			e.served = append(e.served, r.URL.Path)
+			e.mu.Unlock()
+		}
 		proxy.ServeHTTP(w, r)
 	}))
-	t.Cleanup(edge.Close)
-	return edge
+	t.Cleanup(e.Close)
+	return e
+}
+
+// edge is a Modal-like endpoint and the API paths it has served.
+type edge struct {
+	*httptest.Server
+	mu     sync.Mutex
+	served []string
+}
+
+func (e *edge) paths() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.served)
 }
 
 func endpointsEnv(m map[string]string) string {
@@ -215,7 +234,7 @@ func TestApply(t *testing.T) {
 		"FAKE_MODAL_FAIL=earshot-eu-west", "FAKE_MODAL_BARRIER="+barrier+":3")
 
 	results, err := tb.d.Apply(context.Background(), nil)
-	if err == nil || !strings.Contains(err.Error(), "2 of 3 region(s) failed: eu-west, ap-south") {
+	if err == nil || !strings.Contains(err.Error(), "2 of 3 deployment(s) failed: eu-west, ap-south") {
 		t.Errorf("apply: %v, want eu-west and ap-south named as failed", err)
 	}
 	byRegion := map[string]Result{}
@@ -340,33 +359,43 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-// TestGolden checks a generated app against the golden file, and that
-// Python accepts it. go test ./deploy -run TestGolden -update rewrites it.
+// TestGolden checks the generated apps of every shape against golden files
+// (a region's main app; products with their own models, and with their own
+// image), and that Python accepts them. go test ./deploy -run TestGolden
+// -update rewrites them.
 func TestGolden(t *testing.T) {
-	tb := newTestbed(t, testConfig)
-	tb.d.Workdir = "/srv/earshot/deploy" // a fixed path, for a stable file
-	got, err := tb.d.Render("eu-west")
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range []struct{ config, deployment, golden string }{
+		{testConfig, "eu-west", "eu-west.app.py.golden"},
+		{productConfig, "eu-west/flux", "eu-west-flux.app.py.golden"},
+		{productConfig, "us-east/speak", "us-east-speak.app.py.golden"},
+	} {
+		t.Run(c.golden, func(t *testing.T) {
+			tb := newTestbed(t, c.config)
+			tb.d.Workdir = "/srv/earshot/deploy" // a fixed path, for a stable file
+			got, err := tb.d.Render(c.deployment)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden := filepath.Join("testdata", c.golden)
+			if *update {
+				if err := os.WriteFile(golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("the generated app differs from %s (-update rewrites it):\n%s", golden, strings.Join(diffLines(string(want), string(got)), "\n"))
+			}
+			file := filepath.Join(t.TempDir(), "app.py")
+			if err := os.WriteFile(file, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			pyCompile(t, file)
+		})
 	}
-	golden := filepath.Join("testdata", "eu-west.app.py.golden")
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("the generated app differs from %s (-update rewrites it):\n%s", golden, strings.Join(diffLines(string(want), string(got)), "\n"))
-	}
-	file := filepath.Join(t.TempDir(), "app.py")
-	if err := os.WriteFile(file, got, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pyCompile(t, file)
 }
 
 // TestPrerequisites: what the deployer says when the modal CLI or the
@@ -478,73 +507,98 @@ func TestGeneratedAppShape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb := newTestbed(t, testConfig)
-	for _, region := range []string{"us-east", "eu-west", "ap-south"} {
-		t.Run(region, func(t *testing.T) {
-			src, err := tb.d.Render(region)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, "app.py"), src, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			const script = `
+	// Every shape: regions' main apps, and products' apps.
+	for _, text := range []string{testConfig, productConfig} {
+		tb := newTestbed(t, text)
+		for _, region := range tb.d.deploy().Deployments(tb.d.Config) {
+			appShape(t, py, stub, tb, region)
+		}
+	}
+}
+
+// appShape imports one generated app against the stand-in (see
+// TestGeneratedAppShape).
+func appShape(t *testing.T, py, stub string, tb *testbed, region string) {
+	t.Run(region, func(t *testing.T) {
+		src, err := tb.d.Render(region)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "app.py"), src, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		const script = `
 import json, sys
 import modal, app
 engine = '[server]\nhost = "0.0.0.0"\nport = 8080\n\n[model_manager]\nsearch_paths = ["/models"]\n'
 api = '[server]\nhost = "0.0.0.0"\nport = 8080\n\n[[driver_pool.standard]]\nurl = "https://engine:8080/v2"\ntimeout_backoff = 1.2\n'
 print(json.dumps({"calls": modal.calls, "engine": app.engine_toml("engine.toml", engine), "api": app.api_toml("api.toml", api)}))
 `
-			cmd := exec.Command(py, "-c", script)
-			cmd.Dir = dir
-			cmd.Env = append(os.Environ(), "PYTHONPATH="+stub+":"+dir)
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("importing the generated app: %v\n%s", err, out)
+		cmd := exec.Command(py, "-c", script)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "PYTHONPATH="+stub+":"+dir)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("importing the generated app: %v\n%s", err, out)
+		}
+		var got struct {
+			Calls       [][]json.RawMessage `json:"calls"`
+			Engine, API string
+		}
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		var servers []map[string]any
+		for _, c := range got.Calls {
+			var name string
+			_ = json.Unmarshal(c[0], &name)
+			switch name {
+			case "app.server":
+				var kw map[string]any
+				_ = json.Unmarshal(c[1], &kw)
+				servers = append(servers, kw)
+			case "modal.method", "modal.concurrent", "modal.experimental.http_server", "modal.web_server", "app.cls":
+				t.Errorf("the app uses %s: a Server takes none (a web decorator with @modal.method fails at import)", name)
 			}
-			var got struct {
-				Calls       [][]json.RawMessage `json:"calls"`
-				Engine, API string
+		}
+		if len(servers) != 1 {
+			t.Fatalf("%d @app.server classes, want 1: %s", len(servers), out)
+		}
+		kw := servers[0]
+		if u, ok := kw["unauthenticated"]; ok && u != false {
+			t.Errorf("the endpoint is unauthenticated (%v): anyone with the URL could use the GPUs", u)
+		}
+		want := tb.d.deploy().Region(region)
+		if kw["routing_region"] != want.ProxyRegion || kw["port"] != float64(8080) ||
+			kw["target_concurrency"] != float64(want.TargetInputs) || kw["exit_grace_period"] != float64(60) {
+			t.Errorf("server settings %v, want routing_region %s, port 8080, target_concurrency %d, exit_grace_period 60",
+				kw, want.ProxyRegion, want.TargetInputs)
+		}
+		stack, image := tb.d.deploy().Stack(region), ""
+		for _, c := range got.Calls {
+			var name string
+			_ = json.Unmarshal(c[0], &name)
+			if name == "image.from_registry" {
+				_ = json.Unmarshal(c[1], &image)
 			}
-			if err := json.Unmarshal(out, &got); err != nil {
-				t.Fatalf("%v: %s", err, out)
-			}
-			var servers []map[string]any
-			for _, c := range got.Calls {
-				var name string
-				_ = json.Unmarshal(c[0], &name)
-				switch name {
-				case "app.server":
-					var kw map[string]any
-					_ = json.Unmarshal(c[1], &kw)
-					servers = append(servers, kw)
-				case "modal.method", "modal.concurrent", "modal.experimental.http_server", "modal.web_server", "app.cls":
-					t.Errorf("the app uses %s: a Server takes none (a web decorator with @modal.method fails at import)", name)
-				}
-			}
-			if len(servers) != 1 {
-				t.Fatalf("%d @app.server classes, want 1: %s", len(servers), out)
-			}
-			kw := servers[0]
-			if u, ok := kw["unauthenticated"]; ok && u != false {
-				t.Errorf("the endpoint is unauthenticated (%v): anyone with the URL could use the GPUs", u)
-			}
-			want := tb.d.deploy().Region(region)
-			if kw["routing_region"] != want.ProxyRegion || kw["port"] != float64(8080) ||
-				kw["target_concurrency"] != float64(want.TargetInputs) || kw["exit_grace_period"] != float64(60) {
-				t.Errorf("server settings %v, want routing_region %s, port 8080, target_concurrency %d, exit_grace_period 60",
-					kw, want.ProxyRegion, want.TargetInputs)
-			}
-			if !strings.Contains(got.Engine, "host = \"127.0.0.1\"\nport = 8081") || !strings.Contains(got.Engine, "search_paths") {
-				t.Errorf("engine.toml as edited:\n%s", got.Engine)
-			}
-			if !strings.Contains(got.API, "port = 8080") || !strings.Contains(got.API, `url = "https://127.0.0.1:8081/v2"`) ||
-				strings.Contains(got.API, "engine:8080") || !strings.Contains(got.API, "timeout_backoff") {
-				t.Errorf("api.toml as edited:\n%s", got.API)
-			}
-		})
-	}
+		}
+		vols, _ := json.Marshal(kw["volumes"])
+		wantVols := map[string]string{}
+		for k, v := range stack.Volumes {
+			wantVols[k] = "volume:" + v
+		}
+		if wv, _ := json.Marshal(wantVols); image != stack.Image || string(vols) != string(wv) {
+			t.Errorf("image %s, volumes %s; want the deployment's own: %s, %s", image, vols, stack.Image, wv)
+		}
+		if !strings.Contains(got.Engine, "host = \"127.0.0.1\"\nport = 8081") || !strings.Contains(got.Engine, "search_paths") {
+			t.Errorf("engine.toml as edited:\n%s", got.Engine)
+		}
+		if !strings.Contains(got.API, "port = 8080") || !strings.Contains(got.API, `url = "https://127.0.0.1:8081/v2"`) ||
+			strings.Contains(got.API, "engine:8080") || !strings.Contains(got.API, "timeout_backoff") {
+			t.Errorf("api.toml as edited:\n%s", got.API)
+		}
+	})
 }
 
 // TestEndpointLine reads the endpoint from either line modal deploy may

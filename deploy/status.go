@@ -43,7 +43,8 @@ type RouterStatus struct {
 	Regions       []RouterRegion `json:"regions"`
 }
 
-// RegionStatus is one region seen from Modal, its endpoint and the router.
+// RegionStatus is one deployment (a region's main app, or one of its
+// products') seen from Modal, its endpoint and the router.
 type RegionStatus struct {
 	Region, App string
 	Modal       string // the app's state and tasks, or why it is not known
@@ -56,7 +57,7 @@ type RegionStatus struct {
 	modalErr, routerErr string
 }
 
-// Status gathers each region's state from the three places that know it.
+// Status gathers each deployment's state from the three places that know it.
 // routerURL is a router's admin address (e.g. http://127.0.0.1:9090);
 // token its admin_token, if it has one. A place that cannot be asked is
 // reported in its column, not as an error.
@@ -70,6 +71,9 @@ func (d *Deployer) Status(ctx context.Context, names []string, routerURL, token 
 	if rf, _, err := config.ReadRegionsFile(d.Config.RegionsFilePath()); err == nil {
 		for _, r := range rf.Regions {
 			urls[r.Name] = r.URL
+			for p, dp := range r.Products {
+				urls[r.Name+"/"+p] = dp.URL
+			}
 		}
 	}
 	router, routerErr := d.routerStatus(ctx, routerURL, token)

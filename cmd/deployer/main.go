@@ -5,7 +5,11 @@
 //	deployer apply   [--region R ...]          deploy, wait until ready, write regions_file
 //	deployer status  [--region R ...]          Modal's, the endpoint's and the router's view
 //	deployer scale   [--router URL ...] [--apply]  min_containers from the router's demand
-//	deployer destroy --region R [--yes]        stop a region's app
+//	deployer destroy --region R [--yes]        stop a region's apps
+//
+// Each region is a Modal app, and so is each product it deploys on a stack
+// of its own (deploy.products): --region us-east acts on all of us-east's
+// apps, --region us-east/flux on its Flux app alone.
 //
 // It needs the modal CLI (pip install modal) and Modal credentials
 // (MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or `modal setup`). The router's
@@ -34,7 +38,10 @@ commands:
   apply     deploy the regions concurrently, wait until each is ready, write regions_file
   status    each region's Modal app, endpoint /v1/status and the router's view
   scale     set min_containers from the router's peak demand (dry run without --apply)
-  destroy   stop a region's Modal app (--region R, asks to confirm without --yes)
+  destroy   stop a region's Modal apps (--region R, asks to confirm without --yes)
+
+A region's name stands for all its apps (its main app and each product's);
+REGION/PRODUCT (us-east/flux) for one product's app.
 
 Run "deployer COMMAND -h" for a command's flags.
 `
@@ -65,7 +72,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	modal := fs.String("modal", "modal", "the modal CLI")
 	workdir := fs.String("workdir", "", "where generated apps are kept (default .earshot/deploy next to the config)")
 	var regions, routers list
-	fs.Var(&regions, "region", "a region to act on (repeat; default all in deploy.regions)")
+	fs.Var(&regions, "region", "a region, or REGION/PRODUCT, to act on (repeat; default all in deploy.regions)")
 	var apply, yes *bool
 	var headroom *int
 	switch cmd {
