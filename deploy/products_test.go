@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -137,7 +138,7 @@ func TestApplyProducts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, _ := startRouter(t, cfg)
+	api, admin := startRouter(t, cfg)
 	resp, err := http.Post("http://"+api+"/v1/speak", "application/json", strings.NewReader(`{"text":"hello"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -161,6 +162,20 @@ func TestApplyProducts(t *testing.T) {
 		if got := edges[app].paths(); !slices.Equal(got, want) {
 			t.Errorf("%s served %v, want %v", app, got, want)
 		}
+	}
+
+	// Scale reads each app's own demand and sizes it by its own settings.
+	decs, err := tb.d.Scale(context.Background(), nil, []string{admin}, "", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range decs {
+		got = append(got, fmt.Sprintf("%s:%s:%d:%d", d.Region, d.App, d.TargetInputs, d.MinContainers))
+	}
+	if want := "us-east:earshot-us-east:8:2 us-east/flux:earshot-us-east-flux:4:1 us-east/speak:earshot-us-east-speak:32:1 " +
+		"eu-west:earshot-eu-west:8:1 eu-west/flux:earshot-eu-west-flux:4:1"; strings.Join(got, " ") != want {
+		t.Errorf("scale decisions:\n%s\nwant:\n%s", strings.Join(got, " "), want)
 	}
 
 	// Destroying us-east's Aura stops that app alone.
