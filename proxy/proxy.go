@@ -229,6 +229,11 @@ func (h *Handler) track(st *stream) bool {
 	}
 	h.streams[st] = struct{}{}
 	h.wg.Add(1)
+	// A drain that came between the handshake and now did not see this
+	// stream: it moves like the others.
+	if r := st.leg().a.Region; r.Drained() {
+		st.planMove(r)
+	}
 	return true
 }
 
