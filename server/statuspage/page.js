@@ -38,15 +38,23 @@ function renderRegions(regions) {
   const tbody = document.querySelector("#regions-table tbody");
   g.replaceChildren();
   tbody.replaceChildren();
+  const labelled = new Set();
+  const products = new Map(); // a region's product deployments drawn so far
   for (const r of regions) {
-    const cx = x(r.location.lon), cy = y(r.location.lat);
+    // A region's product deployments sit beside its main one, each a dot
+    // of its own (its own state and load); the region is labelled once.
+    const region = r.region || r.name, k = products.get(region) || 0;
+    products.set(region, k + 1);
+    const cx = x(r.location.lon) + 5 * k, cy = y(r.location.lat);
+    const label = labelled.has(region) ? [] : [el("svg:text", { x: cx + 3.5, y: cy - 2.5, text: region })];
+    labelled.add(region);
     const load = r.capacity > 0 ? r.in_flight / r.capacity : 0;
     const tip = `${r.name}: ${r.state}, ${r.in_flight}` + (r.capacity > 0 ? ` of ${r.capacity}` : "") + " in flight";
     g.append(el("svg:g", { "data-region": r.name, "data-state": r.state, class: "state-" + r.state },
       el("svg:title", { text: tip }),
       el("svg:circle", { class: "halo", cx, cy, r: 4 + 6 * Math.min(load, 1) }),
       el("svg:circle", { class: "core", cx, cy, r: 2.4 }),
-      el("svg:text", { x: cx + 3.5, y: cy - 2.5, text: r.name })));
+      ...label));
 
     const meter = el("span", { class: "meter" + (load >= 1 ? " over" : load >= 0.8 ? " busy" : "") }, el("span"));
     meter.firstChild.style.width = Math.min(100, load * 100).toFixed(1) + "%";
