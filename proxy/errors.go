@@ -81,6 +81,9 @@ func writeError(w http.ResponseWriter, e *apiError, requestID string) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
+	if h.Get("Dg-Request-Id") == "" { // a region's, when it gave one
+		h.Set("Dg-Request-Id", requestID)
+	}
 	if (e.status == http.StatusServiceUnavailable || e.status == http.StatusTooManyRequests) && h.Get("Retry-After") == "" {
 		h.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	}

@@ -282,7 +282,10 @@ func (t *httpAttempt) modifyResponse(resp *http.Response) error {
 	x.serving(a)
 	h := resp.Header
 	x.setRouteHeaders(h)
-	h.Set("X-Request-Id", x.id)
+	// The client's response already has X-Request-Id (ServeHTTP sets it
+	// on every answer); ReverseProxy adds the region's headers to it, so a
+	// second one here would be sent twice.
+	h.Del("X-Request-Id")
 	if h.Get("Dg-Request-Id") == "" {
 		h.Set("Dg-Request-Id", x.id)
 	}

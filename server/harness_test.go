@@ -211,8 +211,11 @@ func expectError(t *testing.T, resp *http.Response, status int, code string) dee
 	if e.Code != code || e.Msg == "" || e.RequestID == "" {
 		t.Errorf("error body = %+v, want err_code %s, a message and a request id", e, code)
 	}
-	if got := resp.Header.Get("X-Request-Id"); got != e.RequestID {
-		t.Errorf("X-Request-Id %q != body request_id %q", got, e.RequestID)
+	if got := resp.Header.Values("X-Request-Id"); len(got) != 1 || got[0] != e.RequestID {
+		t.Errorf("X-Request-Id %q, want one: the body's request_id %q", got, e.RequestID)
+	}
+	if got := resp.Header.Values("Dg-Request-Id"); len(got) != 1 || got[0] == "" {
+		t.Errorf("dg-request-id %q, want one on every answer", got)
 	}
 	return e
 }

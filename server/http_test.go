@@ -74,7 +74,7 @@ func TestPrerecordedThroughRouter(t *testing.T) {
 			if got := resp.Header.Get("X-Earshot-Region"); got != tc.wantRegion {
 				t.Errorf("X-Earshot-Region = %q, want %q", got, tc.wantRegion)
 			}
-			if resp.Header.Get("Dg-Request-Id") == "" || resp.Header.Get("X-Request-Id") == "" {
+			if len(resp.Header.Values("Dg-Request-Id")) != 1 || len(resp.Header.Values("X-Request-Id")) != 1 {
 				t.Errorf("missing request ids: %v", resp.Header)
 			}
 			var pr prerecorded
