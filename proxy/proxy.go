@@ -299,6 +299,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.client = x.snap.Locator.Locate(r)
 	w.Header().Set("X-Request-Id", x.id)
 	defer h.recoverPanic(w, x)
+	if len(r.TransferEncoding) > 0 {
+		// A request framed by both Content-Length and Transfer-Encoding
+		// may be smuggling the next one, and RFC 9112 section 6.1 wants
+		// its connection closed after the response. net/http deletes the
+		// Content-Length before the handler runs, so such a request
+		// cannot be told from a plain chunked upload: every chunked
+		// request closes its connection (one reconnect per upload, which
+		// takes seconds to transcribe anyway).
+		w.Header().Set("Connection", "close")
+	}
 
 	// Only the API's exact paths are served: no cleaning, no encoded
 	// slashes or dots (RawPath is set only when the path had escapes that
