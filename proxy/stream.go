@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,7 +55,8 @@ type stream struct {
 	// a message's reader allocates nothing.
 	upTag, downTag readTagger
 	downLimit      io.LimitedReader
-	outBuf         [][]byte // reused by fromRegionResumable
+	upLimit        messageLimit // the client's message size
+	outBuf         [][]byte     // reused by fromRegionResumable
 
 	closeStreamSent atomic.Bool // the client asked for final results
 	clientLost      atomic.Bool // the client's socket failed
@@ -176,9 +178,8 @@ func newStream(h *Handler, r *http.Request, x *exchange, client *websocket.Conn,
 	if st.grace <= 0 {
 		st.grace = 5 * time.Second
 	}
-	if o.MaxMessageBytes > 0 {
-		client.SetReadLimit(o.MaxMessageBytes)
-	}
+	// The client's message size is checked by clientToRegion (upLimit),
+	// not gorilla's read limit, whose 1009 has no reason to give.
 	// Close frames are relayed by the pumps, not answered by gorilla, so
 	// each side's answer comes from the other side.
 	client.SetCloseHandler(func(int, string) error { return nil })
@@ -342,6 +343,10 @@ func (st *stream) clientToRegion() {
 			st.clientEnded(err)
 			return
 		}
+		if max := st.h.opts.MaxMessageBytes; max > 0 {
+			st.upLimit = messageLimit{r: rd, left: max}
+			rd = &st.upLimit
+		}
 		st.mu.Lock()
 		switch {
 		case st.draining:
@@ -441,10 +446,10 @@ func (st *stream) clientEnded(err error) {
 		st.clientClose.Store(int32(websocket.CloseInvalidFramePayloadData))
 		st.closeClient(websocket.CloseInvalidFramePayloadData, errInvalidUTF8.Error())
 		st.closeRegion(websocket.CloseGoingAway, "client sent invalid data")
-	case errors.Is(err, websocket.ErrReadLimit):
-		// gorilla has sent the client 1009; the region hears we are going.
+	case errors.Is(err, errMessageTooBig):
+		// The client hears why; the region that we are going.
 		st.clientClose.Store(int32(websocket.CloseMessageTooBig))
-		st.clientClosed.Store(true)
+		st.closeClient(websocket.CloseMessageTooBig, tooBigReason(st.h.opts.MaxMessageBytes))
 		st.closeRegion(websocket.CloseGoingAway, "client message too big")
 	default:
 		// The socket died with no close frame. A client that sent CloseStream
@@ -1122,6 +1127,50 @@ func copyReads(w io.Writer, src *readTagger) (int64, error) {
 		}
 	}
 	return n, err
+}
+
+// errMessageTooBig ends a client message over limits.max_message_bytes.
+var errMessageTooBig = errors.New("message too big")
+
+// messageLimit reads one client message, failing with errMessageTooBig
+// once it passes left bytes. It lives in the stream: no allocation per
+// message.
+type messageLimit struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *messageLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		var one [1]byte // is there more than the limit?
+		if n, err := l.r.Read(one[:]); n > 0 {
+			return 0, errMessageTooBig
+		} else {
+			return 0, err
+		}
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+// tooBigReason is the close reason for a message over the limit (a close
+// reason holds at most 123 bytes).
+func tooBigReason(limit int64) string {
+	size := strconv.FormatInt(limit, 10) + " bytes"
+	for _, u := range []struct {
+		n    int64
+		name string
+	}{{1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}} {
+		if limit >= u.n && limit%u.n == 0 {
+			size = strconv.FormatInt(limit/u.n, 10) + " " + u.name
+			break
+		}
+	}
+	return "Message over the router's limit of " + size + " (limits.max_message_bytes)."
 }
 
 type readTagger struct{ r io.Reader }

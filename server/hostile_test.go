@@ -343,8 +343,16 @@ regions:
 		{"oversized message closes 1009", func(t *testing.T) {
 			c := b.ws(t, "/v1/listen?encoding=linear16&sample_rate=16000")
 			_ = c.WriteMessage(websocket.BinaryMessage, make([]byte, 64<<10+1))
-			if ce := readClose(t, c); ce.Code != websocket.CloseMessageTooBig {
-				t.Errorf("close %v, want 1009", ce)
+			if ce := readClose(t, c); ce.Code != websocket.CloseMessageTooBig || ce.Text != "Message over the router's limit of 64 KiB (limits.max_message_bytes)." {
+				t.Errorf("close %v, want 1009 naming the limit", ce)
+			}
+		}},
+		{"a message at the limit passes", func(t *testing.T) {
+			c := b.ws(t, "/v1/listen?encoding=linear16&sample_rate=16000")
+			_ = c.WriteMessage(websocket.BinaryMessage, make([]byte, 64<<10))
+			_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type":"CloseStream"}`))
+			if ce := readClose(t, c); ce.Code != websocket.CloseNormalClosure {
+				t.Errorf("close %v, want 1000 after CloseStream", ce)
 			}
 		}},
 		{"invalid UTF-8 text closes 1007", func(t *testing.T) {
