@@ -137,7 +137,7 @@ const (
 var (
 	ErrMissing   = errors.New("no credentials: send Authorization: Token YOUR_KEY")
 	ErrMalformed = errors.New("malformed credentials: want Authorization: Token YOUR_KEY or Bearer YOUR_KEY")
-	ErrInvalid   = errors.New("invalid credentials")
+	ErrInvalid   = errors.New("invalid credentials: the key is not one this router accepts")
 )
 
 // Authenticate finds r's key. upgrade says whether r is a WebSocket

@@ -26,7 +26,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, x *exchange, a *
 			h.log.Warn("stream refused: 401 "+err.Error(), zap.String("request_id", x.id),
 				zap.String("client_ip", hostOnly(x.client.IP)), zap.String("path", r.URL.Path))
 		}
-		h.reject(w, r, x, &apiError{http.StatusUnauthorized, codeInvalidAuth, "Invalid credentials: " + err.Error() + "."})
+		h.reject(w, r, x, &apiError{http.StatusUnauthorized, codeInvalidAuth, authMessage(err)})
 		return false
 	}
 	x.key = key
@@ -71,4 +71,10 @@ func quoteMethod(m string) string {
 		return "This method"
 	}
 	return m
+}
+
+// authMessage is a refusal's err_msg: the reason as a sentence.
+func authMessage(err error) string {
+	msg := err.Error()
+	return strings.ToUpper(msg[:1]) + msg[1:] + "."
 }

@@ -315,8 +315,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// matter), so nothing can reach another path on a region.
 	rt, ok := h.routes[r.URL.Path]
 	if !ok || r.URL.RawPath != "" {
-		h.reject(w, r, x, &apiError{http.StatusNotFound, codeNotFound,
-			"The path " + quotePath(r.URL.Path) + " is not part of the API served here."})
+		msg := "The path " + quotePath(r.URL.Path) + " is not part of the API served here."
+		if r.URL.RawPath != "" {
+			msg = "The path " + quotePath(r.URL.RawPath) + " is not part of the API served here: " +
+				"paths are matched as sent, and encoded slashes or dots are not decoded."
+		}
+		h.reject(w, r, x, &apiError{http.StatusNotFound, codeNotFound, msg})
 		return
 	}
 	stream := r.Method == http.MethodGet && rt.stream

@@ -278,3 +278,30 @@ regions:
 		t.Errorf("handshake refusal = %d %s, want the region's 429 and body", resp.StatusCode, body)
 	}
 }
+
+// TestErrorTexts: what the router says is a sentence a person can act on,
+// and names what was sent as it was sent.
+func TestErrorTexts(t *testing.T) {
+	r, _ := authRouter(t, "")
+	for _, c := range []struct {
+		name, path, auth, want string
+		status                 int
+	}{
+		{"wrong key", "/v1/models", "Token not-a-key", "Invalid credentials: the key is not one this router accepts.", 401},
+		{"no key", "/v1/models", "", "No credentials: send Authorization: Token YOUR_KEY.", 401},
+		{"encoded slash", "/v1%2Fmodels", "Token " + clientKey,
+			"The path /v1%2Fmodels is not part of the API served here: paths are matched as sent, and encoded slashes or dots are not decoded.", 404},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", r.url("/"), nil)
+			req.URL.Opaque = c.path
+			if c.auth != "" {
+				req.Header.Set("Authorization", c.auth)
+			}
+			resp, _ := do(t, req)
+			if e := expectError(t, resp, c.status, map[int]string{401: "INVALID_AUTH", 404: "NOT_FOUND"}[c.status]); e.Msg != c.want {
+				t.Errorf("err_msg %q, want %q", e.Msg, c.want)
+			}
+		})
+	}
+}
