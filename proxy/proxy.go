@@ -260,6 +260,7 @@ func apiRoutes() map[string]route {
 		"/v1/read":           {post: true, allow: "POST"},
 		"/v1/models":         {get: true, allow: "GET"},
 		"/v2/listen":         {stream: true, allow: "GET"},
+		"/v2/speak":          {stream: true, allow: "GET"},
 		"/v1/agent/converse": {stream: true, allow: "GET"},
 	}
 }
