@@ -2,7 +2,8 @@
 //
 //	router [--config config.yaml] [--listen ADDR] [--admin ADDR] [--watch=true] [--check]
 //
-// It serves until SIGINT or SIGTERM, then stops gracefully: in-flight
+// It serves until SIGINT or SIGTERM (or, started by `go run`, until the go
+// command ends), then stops gracefully: in-flight
 // requests finish and open streams are drained within timeouts.shutdown.
 // On SIGHUP, and when the config file changes (unless --watch=false), it
 // reloads the config; a bad one is logged and the old one kept. With
@@ -18,6 +19,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -79,6 +82,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx, stopWatch := endWithGoRun(ctx, log)
+	defer stopWatch()
 
 	srv, err := server.New(cfg, log)
 	if err != nil {
@@ -113,6 +118,38 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 	}
 	return srv.Run(ctx)
+}
+
+// endWithGoRun makes a router started by `go run` stop, as on SIGTERM,
+// when the go command that started it ends: go run does not pass SIGTERM
+// on to the program, so stopping it by its PID would leave the router
+// serving on its ports. go run's binaries live in a temporary go-build
+// directory; a router started any other way is left alone (a daemon whose
+// parent exits must keep running).
+func endWithGoRun(ctx context.Context, log *zap.Logger) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	exe, err := os.Executable()
+	if err != nil || !strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		return ctx, cancel
+	}
+	parent := os.Getppid()
+	go func() {
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if os.Getppid() != parent {
+					log.Info("the go run that started the router has ended: stopping")
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return ctx, cancel
 }
 
 func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {

@@ -5,10 +5,13 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -184,4 +187,87 @@ func TestSignals(t *testing.T) {
 	}
 	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, ""), time.Now().Add(time.Second))
 	waitExit(t, done)
+}
+
+// TestEndsWithGoRun: a router started by `go run` (its binary in a go-build
+// directory) stops when the go command that started it is killed, as `go
+// run` does not pass SIGTERM on; one started any other way keeps serving
+// when its parent exits, as a daemon must.
+func TestEndsWithGoRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the router")
+	}
+	dir := t.TempDir()
+	goRun := filepath.Join(dir, "go-build123", "b001", "exe", "router")
+	plain := filepath.Join(dir, "bin", "router")
+	for _, out := range []string{goRun, plain} {
+		if b, err := exec.Command("go", "build", "-o", out, ".").CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, b)
+		}
+	}
+	cfg := writeConfig(t, "auth: {disable: true}\nhealth: {probe: {disable: true}}\n"+
+		"regions:\n  - {name: a, url: sim://a, location: {lat: 1, lon: 1}}\n")
+	for _, c := range []struct {
+		bin       string
+		wantEnded bool
+	}{{goRun, true}, {plain, false}} {
+		admin := freeAddr(t)
+		// sh stands for the go command: the router's parent, killed.
+		parent := exec.Command("sh", "-c", c.bin+" --config "+cfg+" --listen "+freeAddr(t)+" --admin "+admin+" 2>/dev/null & echo $!; wait")
+		out, err := parent.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := parent.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		pid, _ := strconv.Atoi(strings.TrimSpace(line))
+		healthy := func() bool {
+			resp, err := http.Get("http://" + admin + "/healthz")
+			if err == nil {
+				resp.Body.Close()
+			}
+			return err == nil
+		}
+		waitUntil(t, "the router to serve", healthy)
+		_ = parent.Process.Kill()
+		_ = parent.Wait()
+		if c.wantEnded {
+			waitUntil(t, "the router to stop with its go run", func() bool { return !healthy() })
+		} else {
+			// Still serving after its parent is gone (a router checks every
+			// 200 ms; a second is five checks).
+			deadline := time.Now().Add(time.Second)
+			for time.Now().Before(deadline) {
+				if !healthy() {
+					t.Fatalf("a router not started by go run stopped when its parent exited")
+				}
+				time.Sleep(50 * time.Millisecond) // polling for a second: asserting that nothing happens
+			}
+		}
+		if p, err := os.FindProcess(pid); err == nil && pid > 0 {
+			_ = p.Signal(syscall.SIGKILL)
+		}
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
