@@ -16,38 +16,70 @@ go version
 # and say why.
 install() { # command package
 	command -v "$1" >/dev/null 2>&1 && return
-	[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 0
+	[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || {
+		echo "$2 is not installed and cannot be (needs root and apt-get): the tests that need it will skip"
+		return 0
+	}
 	echo "installing $2"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y -q "$2" >/dev/null 2>&1 ||
-		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$2" >/dev/null 2>&1; } ||
-		echo "could not install $2: the tests that need it will skip"
+	log=$(mktemp)
+	if ! apt-get install -y -q "$2" >"$log" 2>&1; then
+		apt-get update -q >>"$log" 2>&1 && apt-get install -y -q "$2" >>"$log" 2>&1 || {
+			echo "could not install $2: the tests that need it will skip. apt-get said:"
+			tail -n 15 "$log" | sed 's/^/  | /'
+		}
+	fi
+	rm -f "$log"
 }
-install chromium chromium
-install python3 python3-minimal
-install node nodejs
-install npm npm
 
-# The official JS SDK, for the stream-survival test (server/jssdk_test.go).
-jssdk=server/testdata/jssdk
-if command -v npm >/dev/null 2>&1 && [ ! -d "$jssdk/node_modules/@deepgram/sdk" ]; then
-	echo "installing @deepgram/sdk into $jssdk"
-	(cd "$jssdk" && npm install --no-audit --no-fund --silent) ||
-		echo "could not install @deepgram/sdk (npm install in $jssdk failed above): the JS SDK test will skip"
-fi
+# step NAME COMMAND...: runs a step and says how long it took.
+step() {
+	name=$1
+	shift
+	start=$(date +%s)
+	"$@"
+	echo "-- $name: $(($(date +%s) - start))s"
+}
 
-go vet ./...
-go test -race ./...
+deps() {
+	install chromium chromium
+	install python3 python3-minimal
+	install node nodejs
+	install npm npm
+	# The official JS SDK, for the stream-survival test (server/jssdk_test.go).
+	jssdk=server/testdata/jssdk
+	if command -v npm >/dev/null 2>&1 && [ ! -d "$jssdk/node_modules/@deepgram/sdk" ]; then
+		echo "installing @deepgram/sdk into $jssdk"
+		log=$(mktemp)
+		(cd "$jssdk" && npm install --no-audit --no-fund --silent) >"$log" 2>&1 || {
+			echo "could not install @deepgram/sdk: the JS SDK test will skip. npm said:"
+			tail -n 15 "$log" | sed 's/^/  | /'
+		}
+		rm -f "$log"
+	fi
+}
 
-fuzztime=${FUZZTIME:-10000x}
-[ "$fuzztime" = 0 ] && exit 0
-# Each target runs alone (go test -fuzz takes one target per package), in
-# one worker: with two, FuzzCopyControl's worker stalls after its first
-# new input (its loopback WebSocket pair is per process; cause not found).
-grep -l '^func Fuzz' --include='*_test.go' -r . | sort | while read -r file; do
-	pkg=$(dirname "$file")
-	for target in $(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$file"); do
-		echo "fuzz $pkg $target ($fuzztime)"
-		go test -run '^$' -fuzz "^$target\$" -fuzztime "$fuzztime" -parallel 1 "$pkg"
+fuzz() {
+	# Each target runs alone (go test -fuzz takes one target at a time), in
+	# one worker: with two, FuzzCopyControl's worker stalls after its first
+	# new input (its loopback WebSocket pair is per process; cause not
+	# found). Each package's test binary is built once for all its targets.
+	bin=$(mktemp -d)
+	for pkg in $(grep -l '^func Fuzz' --include='*_test.go' -r . | xargs -n1 dirname | sort -u); do
+		go test -c -fuzz=. -o "$bin/fuzz.test" "$pkg" # instrumented for fuzzing
+		for target in $(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$pkg"/*_test.go); do
+			echo "fuzz $pkg $target ($fuzztime)"
+			(cd "$pkg" && "$bin/fuzz.test" -test.run '^$' -test.fuzz "^$target\$" -test.fuzztime "$fuzztime" \
+				-test.parallel 1 -test.fuzzcachedir "$(go env GOCACHE)/fuzz/github.com/earshot/earshot/${pkg#./}")
+		done
 	done
-done
+	rm -rf "$bin"
+}
+
+all=$(date +%s)
+step "tools for the browser, Python and JS SDK tests" deps
+step "go vet" go vet ./...
+step "go test -race" go test -race ./...
+fuzztime=${FUZZTIME:-10000x}
+[ "$fuzztime" = 0 ] || step "fuzz ($fuzztime per target)" fuzz
+echo "-- all: $(($(date +%s) - all))s"
