@@ -177,6 +177,9 @@ func (s *Server) reload(cfg *config.Config) error {
 	}
 	for _, r := range slices.Concat(prev.regions, prev.draining) {
 		if !kept[r.health] && r.health.InFlight() > 0 {
+			// Drained, so that a stream whose handshake is finishing now
+			// moves too when it starts (proxy: track).
+			r.health.SetDrained(true)
 			next.draining = append(next.draining, r)
 		}
 	}
