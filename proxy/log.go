@@ -19,6 +19,10 @@ type Record struct {
 	Reason   routing.Reason
 	Country  string // ISO 3166-1 alpha-2; "" when unknown
 	Geo      routing.Source
+	// Lat and Lon are where the client is, when Located tells it
+	// precisely (a city, or the CDN's coordinates); not logged.
+	Lat, Lon float64
+	Located  bool
 	BytesIn  int64 // from the client
 	BytesOut int64 // to the client
 	Duration time.Duration
@@ -81,6 +85,7 @@ func (h *Handler) logAccess(r *http.Request, x *exchange, up *Upstream, extra ..
 func (h *Handler) record(r *http.Request, x *exchange, up *Upstream) Record {
 	rec := Record{
 		Path: "other", Status: x.status, Reason: x.reason, Country: x.client.Place.Country, Geo: x.client.Place.Source,
+		Lat: x.client.Place.Lat, Lon: x.client.Place.Lon, Located: x.client.Place.Precise,
 		BytesIn: x.bytesIn.Load(), BytesOut: x.bytesOut, Duration: time.Since(x.start), FirstByte: x.firstByte,
 		ClientClose: x.clientClose, RegionClose: x.regionClose, Stream: x.stream,
 	}

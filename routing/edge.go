@@ -39,7 +39,7 @@ func (e *edgeHeaders) locate(h http.Header) (Place, bool) {
 	}
 	if lat, ok := parseDegrees(headerValue(h, e.lat), 90); ok {
 		if lon, ok := parseDegrees(headerValue(h, e.lon), 180); ok {
-			p.Lat, p.Lon, p.Located = lat, lon, true
+			p.Lat, p.Lon, p.Located, p.Precise = lat, lon, true, true
 		}
 	}
 	p.fill()

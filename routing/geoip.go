@@ -154,7 +154,7 @@ func (d *GeoDB) Lookup(ip netip.Addr) (Place, bool) {
 		lat, lon = rec.Latitude, rec.Longitude
 	}
 	if !math.IsNaN(lat) && !math.IsNaN(lon) && lat >= -90 && lat <= 90 && lon >= -180 && lon <= 180 {
-		p.Lat, p.Lon, p.Located = lat, lon, true
+		p.Lat, p.Lon, p.Located, p.Precise = lat, lon, true, true
 	}
 	p.fill()
 	return p, p.Located

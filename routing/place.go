@@ -31,7 +31,10 @@ type Place struct {
 	Continent string // AF, AN, AS, EU, NA, OC, SA; "" when unknown
 	Lat, Lon  float64
 	Located   bool   // Lat and Lon hold a location
-	Source    Source // where the answer came from
+	// Precise says Lat and Lon came with the answer (a city, or the CDN's
+	// coordinates), not from the country's middle.
+	Precise bool
+	Source  Source // where the answer came from
 }
 
 // fill completes a place from its country: a country-level answer takes the

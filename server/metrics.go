@@ -1,6 +1,8 @@
 package server
 
 import (
+	"cmp"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -133,7 +135,7 @@ func (m *metrics) Observe(r proxy.Record) {
 	if r.Region != "" {
 		m.bytes.WithLabelValues(region, "in").Add(float64(r.BytesIn))
 		m.bytes.WithLabelValues(region, "out").Add(float64(r.BytesOut))
-		m.flows.add(time.Now(), r.Country, r.Region, r.Stream)
+		m.flows.add(time.Now(), r)
 	}
 }
 
@@ -275,34 +277,56 @@ type flows struct {
 	counts window[flowKey, flowCount]
 }
 
-type flowKey struct{ country, region string }
+// flowKey is where traffic came from and went: a country and, when the
+// client was placed precisely, the whole degree of latitude and longitude
+// it was in (no finer: the status page needs no more, and shows nobody's
+// whereabouts). At most maxFlowKeys keys a slot; beyond, a flow is kept by
+// country alone.
+type flowKey struct {
+	country, region string
+	lat, lon        int16
+	placed          bool
+}
+
+const maxFlowKeys = 2000
 
 type flowCount struct{ requests, streams int }
 
-func (f *flows) add(now time.Time, country, region string, stream bool) {
-	if country == "" {
-		country = "??"
+func (f *flows) add(now time.Time, r proxy.Record) {
+	k := flowKey{country: r.Country, region: r.Region}
+	if k.country == "" {
+		k.country = "??"
 	}
 	one := flowCount{requests: 1}
-	if stream {
+	if r.Stream {
 		one = flowCount{streams: 1}
 	}
-	f.counts.update(now, flowKey{country, region}, one, flowCount.plus)
+	if r.Located {
+		placed := k
+		placed.lat, placed.lon, placed.placed = int16(math.Round(r.Lat)), int16(math.Round(r.Lon)), true
+		if f.counts.updateBounded(now, placed, one, flowCount.plus, maxFlowKeys) {
+			return
+		}
+	}
+	f.counts.update(now, k, one, flowCount.plus)
 }
 
 func (c flowCount) plus(d flowCount) flowCount {
 	return flowCount{c.requests + d.requests, c.streams + d.streams}
 }
 
-// Flow is the traffic from one country to one region over the window.
+// Flow is the traffic from one place to one region over the window.
 type Flow struct {
-	Country  string  `json:"country"` // "??" when unknown
-	Lat      float64 `json:"lat"`
-	Lon      float64 `json:"lon"`
-	Located  bool    `json:"located"` // Lat and Lon hold the country's middle
-	Region   string  `json:"region"`
-	Requests int     `json:"requests"`
-	Streams  int     `json:"streams"`
+	Country string  `json:"country"` // "??" when unknown
+	Lat     float64 `json:"lat"`
+	Lon     float64 `json:"lon"`
+	Located bool    `json:"located"` // Lat and Lon hold a place: the clients' (Precise) or their country's middle
+	// Precise says Lat and Lon are where the clients were, to the whole
+	// degree, rather than their country's middle.
+	Precise  bool   `json:"precise"`
+	Region   string `json:"region"`
+	Requests int    `json:"requests"`
+	Streams  int    `json:"streams"`
 }
 
 // recent sums the window's slots, busiest flow first.
@@ -314,17 +338,19 @@ func (f *flows) recent(now time.Time) []Flow {
 	out := make([]Flow, 0, len(sum))
 	for k, c := range sum {
 		fl := Flow{Country: k.country, Region: k.region, Requests: c.requests, Streams: c.streams}
-		fl.Lat, fl.Lon, fl.Located = routing.CountryLocation(k.country)
+		if k.placed {
+			fl.Lat, fl.Lon, fl.Located, fl.Precise = float64(k.lat), float64(k.lon), true, true
+		} else {
+			fl.Lat, fl.Lon, fl.Located = routing.CountryLocation(k.country)
+		}
 		out = append(out, fl)
 	}
 	slices.SortFunc(out, func(a, b Flow) int {
 		if d := (b.Requests + b.Streams) - (a.Requests + a.Streams); d != 0 {
 			return d
 		}
-		if a.Country != b.Country {
-			return strings.Compare(a.Country, b.Country)
-		}
-		return strings.Compare(a.Region, b.Region)
+		return cmp.Or(strings.Compare(a.Country, b.Country), strings.Compare(a.Region, b.Region),
+			cmp.Compare(a.Lat, b.Lat), cmp.Compare(a.Lon, b.Lon))
 	})
 	return out
 }

@@ -129,6 +129,23 @@ regions:
 	for _, country := range []string{"US", "US", "DE", "FR", "JP", "IN", "IN"} {
 		r.modelsFrom(t, country)
 	}
+	// Clients the edge places precisely: Toronto (drawn from Toronto, not
+	// the middle of Canada) and Auckland, whose region (us-west, by the
+	// default's preference) is across the antimeridian.
+	for _, c := range []struct{ country, lat, lon, region string }{
+		{"CA", "43.65", "-79.38", "us-west"}, {"NZ", "-36.85", "174.76", "us-west"},
+	} {
+		req, _ := http.NewRequest("GET", r.url("/v1/models"), nil)
+		req.Header.Set("CF-IPCountry", c.country)
+		req.Header.Set("CF-IPLatitude", c.lat)
+		req.Header.Set("CF-IPLongitude", c.lon)
+		req.Header.Set("X-Earshot-Region", c.region)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
 	want := r.states(t)
 
 	page := "http://" + r.admin + "/#token=" + testAdminToken
@@ -148,6 +165,25 @@ regions:
 		from, to, _ := strings.Cut(flow, " ")
 		if !strings.Contains(dom, `<g data-from="`+from+`" data-to="`+to+`">`) {
 			t.Errorf("the map has no flow from %s to %s", from, to)
+		}
+	}
+	// Toronto's flow starts at Toronto, rounded to a degree (x = -79 + 180,
+	// y = 90 - 44), not in the middle of Canada.
+	if m := regexp.MustCompile(`<g data-from="CA" data-to="us-west"><title>[^<]*</title><path d="M([-0-9.]+),([-0-9.]+) `).FindStringSubmatch(dom); m == nil {
+		t.Errorf("no flow from Canada")
+	} else if m[1] != "101" || m[2] != "46" {
+		t.Errorf("Toronto's flow starts at (%s, %s), want (101, 46)", m[1], m[2])
+	}
+	// Auckland to Oregon crosses the Pacific: drawn as a short arc out of
+	// the map's right edge and in at its left, never across the world.
+	arcs := regexp.MustCompile(`<g data-from="NZ" data-to="us-west">.*?</g>`).FindString(dom)
+	ends := regexp.MustCompile(`<path d="M([-0-9.]+),[-0-9.]+ Q[-0-9.]+,[-0-9.]+ ([-0-9.]+),`).FindAllStringSubmatch(arcs, -1)
+	if len(ends) == 0 {
+		t.Errorf("no flow from New Zealand: %s", arcs)
+	}
+	for _, e := range ends {
+		if d := math.Abs(parseFloat(e[2]) - parseFloat(e[1])); d > 180 {
+			t.Errorf("the arc from New Zealand to us-west spans %.0f degrees: the long way round", d)
 		}
 	}
 	// Each region's dot where the region is: x = longitude + 180, y = 90 - latitude.

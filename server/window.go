@@ -25,6 +25,13 @@ type window[K comparable, V any] struct {
 // update merges v into key's value in now's slot. merge takes and returns
 // values (no pointer to escape), so that a call allocates nothing.
 func (w *window[K, V]) update(now time.Time, key K, v V, merge func(V, V) V) {
+	w.updateBounded(now, key, v, merge, 0)
+}
+
+// updateBounded is update for a key already in now's slot, or a new one
+// while the slot has fewer than limit keys (0: any number); it reports
+// whether it updated.
+func (w *window[K, V]) updateBounded(now time.Time, key K, v V, merge func(V, V) V, limit int) bool {
 	n := now.UnixNano() / int64(flowSlotLength)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -32,7 +39,12 @@ func (w *window[K, V]) update(now time.Time, key K, v V, merge func(V, V) V) {
 	if s.n != n || s.vals == nil {
 		s.n, s.vals = n, make(map[K]V)
 	}
-	s.vals[key] = merge(s.vals[key], v)
+	old, ok := s.vals[key]
+	if !ok && limit > 0 && len(s.vals) >= limit {
+		return false
+	}
+	s.vals[key] = merge(old, v)
+	return true
 }
 
 // each calls f with every key's value in every slot of the window.

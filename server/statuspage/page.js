@@ -85,14 +85,26 @@ function renderFlows(flows, regions, windowSeconds) {
   for (const f of flows) {
     const to = where.get(f.region);
     if (!f.located || !to) continue;
-    const x1 = x(f.lon), y1 = y(f.lat), x2 = x(to.lon), y2 = y(to.lat);
+    // From where the clients were (to the degree) when the router knew,
+    // else from their country's middle.
+    const x1 = x(f.lon), y1 = y(f.lat), y2 = y(to.lat);
+    // The short way: across the antimeridian the arc leaves one edge of the
+    // map and comes back in at the other, drawn once on each side.
+    let x2 = x(to.lon);
+    if (x2 - x1 > 180) x2 -= 360;
+    else if (x1 - x2 > 180) x2 += 360;
     // A curve bowed away from the equator, so flows are told apart from coasts.
     const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 - Math.hypot(x2 - x1, y2 - y1) * 0.2;
     const n = f.requests + f.streams;
-    const tip = `${f.country} → ${f.region}: ${f.requests} requests, ${f.streams} streams`;
+    const width = (0.5 + 2.5 * Math.sqrt(n / busiest)).toFixed(2);
+    const arc = shift => el("svg:path", { d: `M${x1 + shift},${y1} Q${mx + shift},${my} ${x2 + shift},${y2}`, "stroke-width": width });
+    const arcs = [arc(0)];
+    if (x2 < 0) arcs.push(arc(360));
+    if (x2 > 360) arcs.push(arc(-360));
+    const from = f.precise ? `${f.country} (${f.lat}, ${f.lon})` : f.country;
+    const tip = `${from} → ${f.region}: ${f.requests} requests, ${f.streams} streams`;
     g.append(el("svg:g", { "data-from": f.country, "data-to": f.region },
-      el("svg:title", { text: tip }),
-      el("svg:path", { d: `M${x1},${y1} Q${mx},${my} ${x2},${y2}`, "stroke-width": (0.5 + 2.5 * Math.sqrt(n / busiest)).toFixed(2) }),
+      el("svg:title", { text: tip }), ...arcs,
       el("svg:circle", { cx: x1, cy: y1, r: 1.2 })));
   }
   document.getElementById("window").textContent = `last ${windowSeconds}s`;
