@@ -12,13 +12,13 @@ import (
 
 // Record describes a finished request or stream, for an Observer.
 type Record struct {
-	Stream   bool   // a WebSocket stream (else an HTTP request)
-	Path     string // one of the API's paths, or "other"
-	Region   string // the region that served it; "" when none did
-	Status   int    // HTTP status; 101 for a stream that was relayed
-	Reason   routing.Reason
-	Country  string // ISO 3166-1 alpha-2; "" when unknown
-	Geo      routing.Source
+	Stream  bool   // a WebSocket stream (else an HTTP request)
+	Path    string // one of the API's paths, or "other"
+	Region  string // the region that served it; "" when none did
+	Status  int    // HTTP status; 101 for a stream that was relayed
+	Reason  routing.Reason
+	Country string // ISO 3166-1 alpha-2; "" when unknown
+	Geo     routing.Source
 	// Lat and Lon are where the client is, when Located tells it
 	// precisely (a city, or the CDN's coordinates); not logged.
 	Lat, Lon float64

@@ -30,7 +30,7 @@ type Place struct {
 	Country   string // ISO 3166-1 alpha-2, upper case; "" when unknown
 	Continent string // AF, AN, AS, EU, NA, OC, SA; "" when unknown
 	Lat, Lon  float64
-	Located   bool   // Lat and Lon hold a location
+	Located   bool // Lat and Lon hold a location
 	// Precise says Lat and Lon came with the answer (a city, or the CDN's
 	// coordinates), not from the country's middle.
 	Precise bool
