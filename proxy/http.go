@@ -281,6 +281,9 @@ func (t *httpAttempt) modifyResponse(resp *http.Response) error {
 	t.run.Served(a)
 	x.serving(a)
 	h := resp.Header
+	if x.snap.CORS != nil {
+		stripCORS(h)
+	}
 	x.setRouteHeaders(h)
 	h.Set("X-Request-Id", x.id)
 	if h.Get("Dg-Request-Id") == "" {
