@@ -114,3 +114,13 @@ func TestCORSErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestDefaultConfigFileAllowsAnyOrigin(t *testing.T) {
+	c, err := Load("../config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CORS == nil || !slices.Equal(c.CORS.AllowedOrigins, []string{"*"}) || c.CORS.AllowCredentials {
+		t.Errorf("cors = %+v: the demo lets pages on any origin call it, without credentials", c.CORS)
+	}
+}
