@@ -43,6 +43,10 @@ type Config struct {
 	Health   Health   `yaml:"health"`
 	Retry    Retry    `yaml:"retry"`
 
+	// CORS, if set, lets web pages on other origins call the API from a
+	// browser. Default: off.
+	CORS *CORS `yaml:"cors"`
+
 	// Regions are the upstream deployments, in order of preference until
 	// geographic routing ranks them.
 	Regions []Region `yaml:"regions"`
@@ -219,6 +223,7 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&c.Routing.LatencyAllowance, 150*time.Millisecond)
 	setDefault(&c.Routing.SlowdownThreshold, 100*time.Millisecond)
 	c.healthDefaults()
+	c.corsDefaults()
 	for i := range c.Regions {
 		sims := []*Sim{c.Regions[i].Sim}
 		for _, p := range c.Regions[i].Products {
@@ -310,6 +315,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.validateDeploy(); err != nil {
+		return err
+	}
+	if err := c.validateCORS(); err != nil {
 		return err
 	}
 	return c.validateAuth()

@@ -281,6 +281,9 @@ func (t *httpAttempt) modifyResponse(resp *http.Response) error {
 	t.run.Served(a)
 	x.serving(a)
 	h := resp.Header
+	if x.snap.CORS != nil {
+		stripCORS(h)
+	}
 	x.setRouteHeaders(h)
 	// The client's response already has X-Request-Id (ServeHTTP sets it
 	// on every answer); ReverseProxy adds the region's headers to it, so a

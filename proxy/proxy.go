@@ -10,6 +10,7 @@
 // the next region; the stream handshake does the same, with hedging. It
 // writes one access-log line per request or stream. Errors the router
 // answers itself use Deepgram's JSON error shape so that SDKs can parse them.
+// With a CORS policy it answers browsers' preflights itself (cors.go).
 //
 // The routing and region set live in an immutable Snapshot that can be
 // swapped atomically; a request keeps the snapshot it started with.
@@ -67,6 +68,7 @@ type Snapshot struct {
 	Table     *routing.Table
 	Upstreams map[string]*Upstream // by region name
 	Auth      *auth.Authenticator  // nil lets everyone in
+	CORS      *CORS                // nil: no CORS (OPTIONS is 405)
 }
 
 // Options configure a Handler.
@@ -315,7 +317,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// slashes or dots (RawPath is set only when the path had escapes that
 	// matter), so nothing can reach another path on a region.
 	rt, ok := h.routes[r.URL.Path]
-	if !ok || r.URL.RawPath != "" {
+	known := ok && r.URL.RawPath == ""
+	if h.cors(w, r, x, known) {
+		return // a preflight, answered here
+	}
+	if !known {
 		msg := "The path " + quotePath(r.URL.Path) + " is not part of the API served here."
 		if r.URL.RawPath != "" {
 			msg = "The path " + quotePath(r.URL.RawPath) + " is not part of the API served here: " +

@@ -24,9 +24,9 @@ import (
 )
 
 // state is what a reload replaces as a whole: the regions, the routing
-// table and the client keys. The proxy sees it as a proxy.Snapshot; a
-// request or stream keeps the snapshot it started with, so a stream in
-// progress keeps its region whatever the new config says.
+// table, the client keys and the CORS policy. The proxy sees it as a
+// proxy.Snapshot; a request or stream keeps the snapshot it started with,
+// so a stream in progress keeps its region whatever the new config says.
 type state struct {
 	cfg      *config.Config
 	regions  []*regionState
@@ -89,6 +89,10 @@ func (s *Server) build(cfg *config.Config, prev *state) (*state, *proxy.Snapshot
 		return nil, nil, err
 	}
 	snap.Locator = routing.NewLocator(cfg.Routing.Trusted(), cfg.Routing.EdgeHeaders, s.geo)
+	if c := cfg.CORS; c != nil {
+		snap.CORS = proxy.NewCORS(proxy.CORSOptions{AllowedOrigins: c.AllowedOrigins, AllowedMethods: c.AllowedMethods,
+			AllowedHeaders: c.AllowedHeaders, ExposeHeaders: c.ExposeHeaders, MaxAge: c.MaxAge, AllowCredentials: c.AllowCredentials})
+	}
 	if !cfg.Auth.Disable {
 		var keys []*auth.Key
 		for _, k := range cfg.Auth.Keys {
