@@ -56,7 +56,7 @@ func (e *Engine) serveFlux(rq *request) {
 		seq++
 		return s.sendJSON(ti)
 	}
-	tr = newTranscriber(p.sampleRate, p.channels, p.endpointing, 0, transcriptHooks{
+	tr = newTranscriber(transcriberConfig{input: p.input, endpointMS: p.endpointing}, transcriptHooks{
 		word: func(w window, pending []decodedWord) error {
 			event := "Update"
 			if len(pending) == 1 {

@@ -218,8 +218,8 @@ func TestStreamHandshake(t *testing.T) {
 			}
 		})
 	}
-	_, res, err := tryDial(s, "/v1/listen?encoding=mulaw", nil)
+	_, res, err := tryDial(s, "/v1/listen?encoding=bogus", nil)
 	if err == nil || res == nil || res.StatusCode != http.StatusBadRequest {
-		t.Errorf("mulaw: %v, %v", err, res)
+		t.Errorf("unknown encoding: %v, %v", err, res)
 	}
 }

@@ -94,7 +94,15 @@ type listenMetadata struct {
 	Channels       int                  `json:"channels"`
 	Models         []string             `json:"models"`
 	ModelInfo      map[string]modelInfo `json:"model_info"`
+	Warnings       []apiWarning         `json:"warnings,omitempty"`
 	Extra          map[string]string    `json:"extra,omitempty"`
+}
+
+// apiWarning is one of metadata.warnings, in the shape the SDKs parse.
+type apiWarning struct {
+	Parameter string `json:"parameter,omitempty"`
+	Type      string `json:"type"`
+	Message   string `json:"message"`
 }
 
 type listenChannel struct {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"hash"
 	"net"
 	"net/http"
 	"strings"
@@ -177,6 +176,10 @@ func (s *session) drain() {
 	}
 }
 
+// noSpeechStepMS is how often a /v1/listen stream reports audio without
+// speech: at every whole second of audio.
+const noSpeechStepMS = 1000
+
 // serveListenStream is streaming STT: GET /v1/listen (see the package
 // documentation for when results are sent).
 func (e *Engine) serveListenStream(rq *request) {
@@ -214,23 +217,37 @@ func (e *Engine) serveListenStream(rq *request) {
 			return s.sendJSON(speechStartedMessage{Type: "SpeechStarted", Channel: channel, Timestamp: seconds(at, tr.sampleRate())})
 		}
 	}
-	utteranceEnd := 0
+	cfg := transcriberConfig{input: p.input, endpointMS: p.endpointing,
+		noSpeechStepMS: noSpeechStepMS, noSpeechFinals: true}
 	if p.interim {
 		hooks.word = func(w window, pending []decodedWord) error {
 			return results(w, pending, false, false, false)
 		}
-		utteranceEnd = p.utteranceEnd // Deepgram sends UtteranceEnd only with interim results
+		hooks.quiet = func(w window) error {
+			return results(w, nil, false, false, false)
+		}
+		cfg.utteranceEndMS = p.utteranceEnd // Deepgram sends UtteranceEnd only with interim results
 		hooks.utteranceEnd = func(lastWordEnd int64) error {
 			return s.sendJSON(utteranceEndMessage{Type: "UtteranceEnd", Channel: channel, LastWordEnd: seconds(lastWordEnd, tr.sampleRate())})
 		}
 	}
-	tr = newTranscriber(p.sampleRate, p.channels, p.endpointing, utteranceEnd, hooks)
+	tr = newTranscriber(cfg, hooks)
 	sum := sha256.New()
+	metadata := func(sha string) error {
+		return s.sendJSON(streamMetadata{Type: "Metadata", listenMetadata: listenMetadata{
+			TransactionKey: "deprecated", RequestID: s.id,
+			Sha256: sha, Created: created(s.started),
+			Duration: tr.duration(), Channels: tr.dec.channels,
+			Models: []string{sttModelUUID}, ModelInfo: map[string]modelInfo{sttModelUUID: sttModelInfo()},
+			Warnings: tr.dec.warnings(), Extra: p.extra,
+		}})
+	}
 
+	closing := func() error { return metadata(hex.EncodeToString(sum.Sum(nil))) }
 	s.readLoop(readOptions{silence: e.opts.SilenceTimeout},
 		func(audio []byte) bool {
 			if len(audio) == 0 { // an empty binary frame closes the stream
-				s.finishListen(tr, sum, p)
+				s.finishListen(tr, closing)
 				return false
 			}
 			sum.Write(audio)
@@ -247,7 +264,7 @@ func (e *Engine) serveListenStream(rq *request) {
 					return false
 				}
 			case "CloseStream":
-				s.finishListen(tr, sum, p)
+				s.finishListen(tr, closing)
 				return false
 			}
 			return true // KeepAlive and unknown types
@@ -265,19 +282,12 @@ func (s *session) undecodable(err error) {
 }
 
 // finishListen flushes the last finals, sends Metadata and closes 1000.
-func (s *session) finishListen(tr *transcriber, sum hash.Hash, p listenParams) {
+func (s *session) finishListen(tr *transcriber, metadata func() error) {
 	if err := tr.Close(); err != nil {
 		s.undecodable(err)
 		return
 	}
-	err := s.sendJSON(streamMetadata{Type: "Metadata", listenMetadata: listenMetadata{
-		TransactionKey: "deprecated", RequestID: s.id,
-		Sha256: hex.EncodeToString(sum.Sum(nil)), Created: created(s.started),
-		Duration: tr.duration(), Channels: tr.dec.channels,
-		Models: []string{sttModelUUID}, ModelInfo: map[string]modelInfo{sttModelUUID: sttModelInfo()},
-		Extra: p.extra,
-	}})
-	if err != nil {
+	if err := metadata(); err != nil {
 		return
 	}
 	s.closeWith(websocket.CloseNormalClosure, "")
