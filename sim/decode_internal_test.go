@@ -167,3 +167,12 @@ func TestTranscriberNoSpeechIgnoresChunking(t *testing.T) {
 		}
 	}
 }
+
+// Deepgram's timeout sentences must fit a close frame's reason (123 bytes).
+func TestCloseReasonsFit(t *testing.T) {
+	for _, r := range []string{reasonSilence, reasonUndecodable} {
+		if len(r) > 123 {
+			t.Errorf("%d bytes: %q", len(r), r)
+		}
+	}
+}

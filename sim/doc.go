@@ -98,9 +98,13 @@
 //     once N ms of silence follow the last word (once per silence; after the
 //     final when both fall on the same sample).
 //
-// No audio or text for Options.SilenceTimeout closes 1011 "NET-0001";
-// KeepAlive counts only once audio has been heard. Unknown text messages are
-// ignored.
+// No audio or text for Options.SilenceTimeout sends Metadata (its sha256
+// "incomplete", as Deepgram's captures show) and closes 1011 with
+// Deepgram's NET-0001 sentence, "Deepgram did not receive audio data or a
+// text message within the timeout window. See https://dpgr.am/net0001";
+// KeepAlive counts only once audio has been heard. Unknown text messages
+// are ignored. (The engine has no server-side timeout, so it never closes
+// with NET-0000.)
 //
 // # The other streams and endpoints
 //

@@ -62,9 +62,10 @@ type Options struct {
 	// 503 (default) or 429; any other 4xx/5xx is used as given.
 	FullStatus int
 	// SilenceTimeout closes a streaming STT or agent connection with 1011
-	// "NET-0001" after this long with no audio or text from the client
-	// (on /v1/listen and /v2/listen KeepAlive counts only once audio has
-	// been heard). Default 10s.
+	// and Deepgram's NET-0001 sentence after this long with no audio or
+	// text from the client (on /v1/listen and /v2/listen KeepAlive counts
+	// only once audio has been heard); /v1/listen sends Metadata first.
+	// Default 10s.
 	SilenceTimeout time.Duration
 	// Mode is the initial mode. Default ModeOK.
 	Mode Mode

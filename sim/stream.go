@@ -17,10 +17,12 @@ import (
 	"go.uber.org/zap"
 )
 
-// Close reasons Deepgram uses.
+// Close reasons Deepgram uses. A close frame's reason holds at most 123
+// bytes; Deepgram's timeout sentences fit.
 const (
 	reasonUndecodable = "DATA-0000"
-	reasonSilence     = "NET-0001"
+	// reasonSilence is NET-0001's sentence: no audio or text from the client.
+	reasonSilence = "Deepgram did not receive audio data or a text message within the timeout window. See https://dpgr.am/net0001"
 )
 
 // session is one open WebSocket stream.
@@ -124,12 +126,15 @@ type readOptions struct {
 	// keepAliveAlways lets KeepAlive reset the silence timeout before any
 	// audio (the agent); STT streams count it only after audio.
 	keepAliveAlways bool
+	// beforeTimeout, if set, sends what precedes the silence timeout's
+	// close frame (the listen stream's Metadata, Flux's Error).
+	beforeTimeout func()
 }
 
 // readLoop reads the client's messages until the client leaves, a handler
-// returns false, or the silence timeout passes (close 1011 NET-0001). Audio
-// and every text message are activity; KeepAlive is activity only once audio
-// has been heard, unless keepAliveAlways.
+// returns false, or the silence timeout passes (close 1011 NET-0001, after
+// beforeTimeout). Audio and every text message are activity; KeepAlive is
+// activity only once audio has been heard, unless keepAliveAlways.
 func (s *session) readLoop(o readOptions, onBinary func([]byte) bool, onText func(typ string, raw []byte) bool) {
 	last, heard := time.Now(), false
 	for {
@@ -140,6 +145,9 @@ func (s *session) readLoop(o readOptions, onBinary func([]byte) bool, onText fun
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() && o.silence > 0 && !s.closeSent.Load() {
+				if o.beforeTimeout != nil {
+					o.beforeTimeout()
+				}
 				s.closeWith(websocket.CloseInternalServerErr, reasonSilence)
 			}
 			return
@@ -244,7 +252,9 @@ func (e *Engine) serveListenStream(rq *request) {
 	}
 
 	closing := func() error { return metadata(hex.EncodeToString(sum.Sum(nil))) }
-	s.readLoop(readOptions{silence: e.opts.SilenceTimeout},
+	// Deepgram sends Metadata before a timeout close too, its sha256 "incomplete".
+	timeout := func() { _ = metadata("incomplete") }
+	s.readLoop(readOptions{silence: e.opts.SilenceTimeout, beforeTimeout: timeout},
 		func(audio []byte) bool {
 			if len(audio) == 0 { // an empty binary frame closes the stream
 				s.finishListen(tr, closing)
