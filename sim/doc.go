@@ -109,11 +109,19 @@
 // # The other streams and endpoints
 //
 //   - GET /v2/listen (Flux) sends Connected, then per completed word a
-//     TurnInfo: StartOfTurn for the first word of a turn, Update after it;
-//     eot_timeout_ms (default 500 in the simulation) of silence after a word,
-//     or CloseStream with words pending, sends EndOfTurn. audio_window_start
-//     is where the previous turn ended. Configure is echoed as
-//     ConfigureSuccess; CloseStream closes 1000.
+//     TurnInfo: StartOfTurn for the first word of a turn, Update after it
+//     (TurnResumed for the first word after an EagerEndOfTurn). With
+//     eager_eot_threshold set, half of eot_timeout_ms of silence after a
+//     word sends EagerEndOfTurn; eot_timeout_ms (default 500 in the
+//     simulation) of silence after a word, or CloseStream with words
+//     pending, sends EndOfTurn, and turn_index counts on. Every message
+//     carries request_id and sequence_id (from 0, across all types);
+//     TurnInfo carries event, turn_index, audio_window_start (where the
+//     previous turn ended), audio_window_end, transcript, words and
+//     end_of_turn_confidence. Sound without speech sends an empty Update at
+//     every 0.25 s of audio it flows in, outside turns, and starts no turn.
+//     Configure is echoed as ConfigureSuccess; CloseStream closes 1000; an
+//     idle stream gets Error INACTIVE_CLIENT before the timeout close.
 //   - GET /v1/speak sends Metadata, buffers Speak text, and answers Flush
 //     with the text synthesized into binary frames followed by Flushed;
 //     Clear (or the older Reset) drops buffered text and abandons audio not

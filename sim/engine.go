@@ -64,8 +64,8 @@ type Options struct {
 	// SilenceTimeout closes a streaming STT or agent connection with 1011
 	// and Deepgram's NET-0001 sentence after this long with no audio or
 	// text from the client (on /v1/listen and /v2/listen KeepAlive counts
-	// only once audio has been heard); /v1/listen sends Metadata first.
-	// Default 10s.
+	// only once audio has been heard); /v1/listen sends Metadata first,
+	// /v2/listen an Error INACTIVE_CLIENT. Default 10s.
 	SilenceTimeout time.Duration
 	// Mode is the initial mode. Default ModeOK.
 	Mode Mode
