@@ -127,6 +127,14 @@
 //     Clear (or the older Reset) drops buffered text and abandons audio not
 //     yet sent, then answers Cleared; Close closes 1000. Each Flush and
 //     Clear takes the next sequence_id, from 0.
+//   - GET /v2/speak (Flux TTS) sends Connected; Speak adds text to the turn
+//     (chunks are joined as sent, as LLM tokens are); Flush ends the turn:
+//     SpeechStarted with its speech_id (dg_sp_ and 12 hex digits), the audio
+//     as binary frames, Flushed, then SpeechMetadata (audio_duration_ms and
+//     character counts); a Flush with no text gets Warning NO_ACTIVE_SPEECH.
+//     Close waits for earlier turns, sends SessionMetadata (the totals) and
+//     closes 1000. The simulation speaks a turn when it is flushed, where
+//     Flux TTS starts as text arrives. POST /v2/speak is POST /v1/speak.
 //   - GET /v1/agent/converse sends Welcome, answers Settings with
 //     SettingsApplied (audio.input.sample_rate, default 16000, and
 //     audio.output.sample_rate, default 24000, are honoured), and hears

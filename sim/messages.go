@@ -194,6 +194,41 @@ type speakMetadata struct {
 	ModelUUID    string `json:"model_uuid"`
 }
 
+// Flux TTS, /v2/speak.
+
+type speakV2Connected struct {
+	Type         string   `json:"type"`
+	RequestID    string   `json:"request_id"`
+	ModelName    string   `json:"model_name"`
+	ModelVersion string   `json:"model_version"`
+	ModelUUIDs   []string `json:"model_uuids"`
+}
+
+// speakV2Speech is SpeechStarted and Flushed: a turn's event.
+type speakV2Speech struct {
+	Type     string `json:"type"`
+	SpeechID string `json:"speech_id"`
+}
+
+type speakV2SpeechMetadata struct {
+	Type            string `json:"type"`
+	SpeechID        string `json:"speech_id"`
+	AudioDurationMS int    `json:"audio_duration_ms"`
+	InputChars      int    `json:"input_character_count"`
+	BillableChars   int    `json:"billable_character_count"`
+	ControlsApplied struct {
+		PronunciationsApplied int `json:"pronunciations_applied"`
+		PronunciationWarnings int `json:"pronunciation_warnings"`
+	} `json:"controls_applied"`
+}
+
+type speakV2Session struct {
+	Type          string `json:"type"`
+	TotalAudioMS  int    `json:"total_audio_duration_ms"`
+	TotalChars    int    `json:"total_input_character_count"`
+	TotalBillable int    `json:"total_billable_character_count"`
+}
+
 type sequenced struct {
 	Type       string `json:"type"`
 	SequenceID int    `json:"sequence_id"`
