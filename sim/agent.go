@@ -57,7 +57,10 @@ func (e *Engine) serveAgent(rq *request) {
 
 	var tr *transcriber
 	startTranscriber := func() {
-		tr = newTranscriber(inRate, 1, agentEndpointMS, 0, transcriptHooks{
+		// The agent's input has a declared encoding (linear16): sound that
+		// is not a word is heard as no speech, never an error.
+		in := audioInput{encoding: "linear16", sampleRate: inRate, channels: 1}
+		tr = newTranscriber(transcriberConfig{input: in, endpointMS: agentEndpointMS}, transcriptHooks{
 			speechStarted: func(int64) error {
 				if len(tr.pending) == 0 {
 					send(typed{Type: "UserStartedSpeaking"})
@@ -92,10 +95,10 @@ func (e *Engine) serveAgent(rq *request) {
 					return send(agentError("INVALID_SETTINGS", err.Error()))
 				}
 				in, out := m.Audio.Input, m.Audio.Output
-				if err := checkEncoding(in.Encoding); err != nil {
+				if err := checkSpeakEncoding(in.Encoding); err != nil {
 					return send(agentError("UNSUPPORTED_ENCODING", err.Error()))
 				}
-				if err := checkEncoding(out.Encoding); err != nil {
+				if err := checkSpeakEncoding(out.Encoding); err != nil {
 					return send(agentError("UNSUPPORTED_ENCODING", err.Error()))
 				}
 				if in.SampleRate > 0 && tr == nil {

@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -23,11 +22,14 @@ const (
 	fillerHalfPeriod = 16
 )
 
-// ErrUndecodable reports audio that does not follow the word encoding: a
-// non-zero run that does not open with the word marker, a bad length or text
-// sample, a run that ends before its text, or an unusable WAV header. The
-// streaming endpoints answer it with close 1008 "DATA-0000", pre-recorded
-// with 400.
+// ErrUndecodable reports audio that cannot be decoded at all: raw bytes
+// named by no encoding= and in no container the engine recognises that do
+// not follow the word encoding (a non-zero run that does not open with the
+// word marker, a bad length or text sample, a run that ends before its
+// text), a broken or truncated WAV header, or a pre-recorded body with no
+// whole sample in it. The streaming endpoints answer it with close 1008
+// "DATA-0000", pre-recorded with 400. Sound in a declared raw encoding or a
+// container is never undecodable: it is heard as no speech.
 var ErrUndecodable = errors.New("sim: audio is not decodable")
 
 // Word is one word of a transcript, placed in the audio. Start and End are
@@ -123,17 +125,21 @@ func WAV(pcm []byte, sampleRate, channels int) []byte {
 	return append(out, pcm...)
 }
 
-// Decode returns the words encoded in audio: linear16 little-endian PCM at
-// sampleRate (16000 if not positive), mono, or a WAV file whose header then
-// sets the sample rate and channel count (channel 0 is decoded). A word
-// still sounding when the audio ends ends there; a word cut off before its
-// text is complete is dropped.
+// Decode returns the words encoded in audio as the engine hears a body sent
+// with no encoding=: linear16 little-endian PCM at sampleRate (16000 if not
+// positive), mono, held to the word encoding (other sound is
+// ErrUndecodable); or a WAV file, whose header then sets the format, sample
+// rate and channel count (channel 0 is decoded) and whose sound other than
+// words is heard as no speech; or a container the engine cannot measure
+// (MP3, Ogg, FLAC, WebM, MP4, AAC), which holds no words. A word still
+// sounding when the audio ends ends there; a word cut off before its text
+// is complete is dropped.
 func Decode(audio []byte, sampleRate int) ([]Word, error) {
 	if sampleRate <= 0 {
 		sampleRate = 16000
 	}
 	var words []Word
-	d := newDecoder(sampleRate, 1, func(ev decoderEvent) error {
+	d := newDecoder(audioInput{sampleRate: sampleRate, channels: 1}, func(ev decoderEvent) error {
 		if ev.kind == evWord {
 			words = append(words, ev.word.public(ev.sampleRate))
 		}
@@ -143,65 +149,4 @@ func Decode(audio []byte, sampleRate int) ([]Word, error) {
 		return words, err
 	}
 	return words, d.End()
-}
-
-// wavInfo is what the decoder takes from a WAV header.
-type wavInfo struct {
-	sampleRate int
-	channels   int
-	dataSize   int64 // -1 when the header leaves it open (0 or 0xFFFFFFFF)
-}
-
-// maxWAVHeader bounds how much the decoder buffers looking for the data chunk.
-const maxWAVHeader = 64 << 10
-
-// parseWAV reads a RIFF/WAVE header from the start of b. It returns the
-// header's length once the "data" chunk has begun, or complete=false when b
-// is too short to tell yet.
-func parseWAV(b []byte) (info wavInfo, n int, complete bool, err error) {
-	if len(b) < 12 {
-		return info, 0, false, nil
-	}
-	if !bytes.Equal(b[0:4], []byte("RIFF")) || !bytes.Equal(b[8:12], []byte("WAVE")) {
-		return info, 0, false, fmt.Errorf("%w: not a RIFF/WAVE header", ErrUndecodable)
-	}
-	le := binary.LittleEndian
-	haveFmt := false
-	off := 12
-	for {
-		if len(b) < off+8 {
-			return info, 0, false, nil
-		}
-		id, size := string(b[off:off+4]), int64(le.Uint32(b[off+4:]))
-		off += 8
-		if id == "data" {
-			if !haveFmt {
-				return info, 0, false, fmt.Errorf("%w: WAV data before fmt chunk", ErrUndecodable)
-			}
-			info.dataSize = size
-			if size == 0 || size == 0xFFFFFFFF {
-				info.dataSize = -1
-			}
-			return info, off, true, nil
-		}
-		if size > maxWAVHeader {
-			return info, 0, false, fmt.Errorf("%w: WAV chunk %q too large for a header", ErrUndecodable, id)
-		}
-		end := off + int(size) + int(size&1) // chunks are padded to even sizes
-		if len(b) < end {
-			return info, 0, false, nil
-		}
-		if id == "fmt " {
-			if size < 16 {
-				return info, 0, false, fmt.Errorf("%w: short WAV fmt chunk", ErrUndecodable)
-			}
-			format, channels := le.Uint16(b[off:]), int(le.Uint16(b[off+2:]))
-			rate, bits := int(le.Uint32(b[off+4:])), le.Uint16(b[off+14:])
-			if (format != 1 && format != 0xFFFE) || bits != 16 || channels < 1 || rate < 1 {
-				return info, 0, false, fmt.Errorf("%w: WAV is not 16-bit PCM (format %d, %d bits)", ErrUndecodable, format, bits)
-			}
-			info.sampleRate, info.channels, haveFmt = rate, channels, true
-		}
-		off = end
-	}
 }

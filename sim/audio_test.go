@@ -100,11 +100,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"run ends inside text", samples(magic, 3, 0x100+'a', 0)},
 		{"text not utf-8", samples(magic, 1, 0x100+0xff, 1, 0)},
 		{"truncated wav header", []byte("RIFF\x00\x00\x00\x00WAVEfmt ")},
-		{"8-bit wav", func() []byte {
-			w := sim.WAV(samples(0, 0), 8000, 1)
-			binary.LittleEndian.PutUint16(w[34:], 8)
-			return w
-		}()},
+		{"riff that is not wave", []byte("RIFF\x04\x00\x00\x00AVI LIST")},
+		{"raw tone without an encoding", tone(16000, 0.1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -62,9 +62,10 @@ type Options struct {
 	// 503 (default) or 429; any other 4xx/5xx is used as given.
 	FullStatus int
 	// SilenceTimeout closes a streaming STT or agent connection with 1011
-	// "NET-0001" after this long with no audio or text from the client
-	// (on /v1/listen and /v2/listen KeepAlive counts only once audio has
-	// been heard). Default 10s.
+	// and Deepgram's NET-0001 sentence after this long with no audio or
+	// text from the client (on /v1/listen and /v2/listen KeepAlive counts
+	// only once audio has been heard); /v1/listen sends Metadata first,
+	// /v2/listen an Error INACTIVE_CLIENT. Default 10s.
 	SilenceTimeout time.Duration
 	// Mode is the initial mode. Default ModeOK.
 	Mode Mode
@@ -72,7 +73,7 @@ type Options struct {
 	Logger *zap.Logger
 
 	// SpeakChunk is the size in bytes of each piece of synthesized audio
-	// written by POST /v1/speak (one HTTP flush each), the /v1/speak stream
+	// written by POST /v1/speak (one HTTP flush each), the speak streams
 	// and the agent (one binary frame each). Default 4800 (100 ms at 24 kHz).
 	SpeakChunk int
 	// SpeakInterval is the pause before every audio chunk after the first, so
@@ -141,7 +142,7 @@ type Engine struct {
 	modeCh  chan struct{} // closed and replaced on every mode change
 	closed  bool
 	batch   int // inference HTTP requests in flight
-	streams int // open /v1/listen, /v1/speak and agent streams
+	streams int // open /v1/listen, /v1/speak, /v2/speak and agent streams
 	flux    int // open /v2/listen streams
 	hung    int // requests held by ModeHang or ModeDie
 	conns   map[*websocket.Conn]struct{}
@@ -247,7 +248,7 @@ func (e *Engine) Active() (batch, stream int) {
 type Stats struct {
 	Mode        Mode
 	Batch       int // inference HTTP requests in flight
-	Streams     int // open /v1/listen, /v1/speak and agent streams
+	Streams     int // open /v1/listen, /v1/speak, /v2/speak and agent streams
 	FluxStreams int // open /v2/listen streams
 	Hung        int // requests held without an answer by ModeHang or ModeDie
 }
@@ -323,7 +324,7 @@ type routeKind int
 
 const (
 	kindBatch  routeKind = iota // inference over HTTP
-	kindStream                  // /v1/listen, /v1/speak and agent streams
+	kindStream                  // /v1/listen, /v1/speak, /v2/speak and agent streams
 	kindFlux                    // /v2/listen streams
 	kindFree                    // status and models: never counted
 )
@@ -357,6 +358,14 @@ func routeFor(r *http.Request) (rt route, status int, allow string) {
 			return route{kind: kindBatch, serve: (*Engine).serveSpeakBatch}, 0, ""
 		case get:
 			return route{kind: kindStream, ws: true, serve: (*Engine).serveSpeakStream}, 0, ""
+		}
+		return rt, http.StatusMethodNotAllowed, "GET, POST"
+	case "/v2/speak":
+		switch {
+		case post:
+			return route{kind: kindBatch, serve: (*Engine).serveSpeakBatch}, 0, ""
+		case get:
+			return route{kind: kindStream, ws: true, serve: (*Engine).serveSpeakV2}, 0, ""
 		}
 		return rt, http.StatusMethodNotAllowed, "GET, POST"
 	case "/v2/listen":

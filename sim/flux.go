@@ -2,6 +2,9 @@ package sim
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/url"
+	"strconv"
 
 	"github.com/gorilla/websocket"
 )
@@ -11,16 +14,52 @@ import (
 // ends turns earlier from its confidence; the sim has only the silence.)
 const defaultEOTTimeoutMS = 500
 
-// serveFlux is Flux streaming STT: GET /v2/listen. Each completed word sends
-// a TurnInfo (StartOfTurn for the first word of a turn, Update after); a
-// word followed by eot_timeout_ms of silence, or CloseStream with words
-// pending, sends EndOfTurn. Windows run from the previous turn's end.
-func (e *Engine) serveFlux(rq *request) {
-	q := rq.r.URL.Query()
-	p, err := parseListenParams(q)
-	if err == nil {
-		p.endpointing, err = intParam(q, "eot_timeout_ms", defaultEOTTimeoutMS, 1, 1<<20)
+// fluxUpdateStepMS is how often Flux sends an Update while audio without
+// speech flows: Flux sends one for about every 0.25 s of audio.
+const fluxUpdateStepMS = 250
+
+// Flux's end_of_turn_confidence, as the sim reports it.
+const (
+	fluxTurnConfidence  = 0.1 // StartOfTurn, Update, TurnResumed: the turn goes on
+	fluxQuietConfidence = 0   // Update without speech: no turn to end
+)
+
+// fluxParams are the query parameters of /v2/listen.
+type fluxParams struct {
+	listenParams
+	eotTimeout int     // ms of silence after a word before EndOfTurn
+	eager      float64 // eager_eot_threshold; 0 = no EagerEndOfTurn
+}
+
+func parseFluxParams(q url.Values) (fluxParams, error) {
+	var p fluxParams
+	var err error
+	if p.listenParams, err = parseListenParams(q); err != nil {
+		return p, err
 	}
+	if p.eotTimeout, err = intParam(q, "eot_timeout_ms", defaultEOTTimeoutMS, 1, 1<<20); err != nil {
+		return p, err
+	}
+	if v := q.Get("eager_eot_threshold"); v != "" {
+		if p.eager, err = strconv.ParseFloat(v, 64); err != nil || p.eager <= 0 || p.eager > 1 {
+			return p, fmt.Errorf("eager_eot_threshold must be a number in (0, 1], not %q", v)
+		}
+	}
+	return p, nil
+}
+
+// serveFlux is Flux streaming STT: GET /v2/listen. Every server message
+// carries request_id and sequence_id (from 0, across all types). Each
+// completed word sends a TurnInfo: StartOfTurn for the first word of a
+// turn, Update after it (TurnResumed for the first word after an
+// EagerEndOfTurn); with eager_eot_threshold set, half of eot_timeout_ms of
+// silence after a word sends EagerEndOfTurn; eot_timeout_ms of silence after
+// a word, or CloseStream with words pending, sends EndOfTurn, after which
+// turn_index counts on. Windows run from the previous turn's end. Sound
+// without speech sends an empty Update at every 0.25 s of audio it flows
+// in, outside turns, and starts none.
+func (e *Engine) serveFlux(rq *request) {
+	p, err := parseFluxParams(rq.r.URL.Query())
 	if err != nil {
 		e.badRequest(rq, err)
 		return
@@ -43,6 +82,7 @@ func (e *Engine) serveFlux(rq *request) {
 	}
 	var tr *transcriber
 	turn := 0
+	eagerSent := false // an EagerEndOfTurn went out for the turn's words so far
 	turnInfo := func(event string, w window, words []decodedWord, eot float64) error {
 		sr := tr.sampleRate()
 		alt := alternativeOf(words, sr)
@@ -56,13 +96,17 @@ func (e *Engine) serveFlux(rq *request) {
 		seq++
 		return s.sendJSON(ti)
 	}
-	tr = newTranscriber(p.sampleRate, p.channels, p.endpointing, 0, transcriptHooks{
+	hooks := transcriptHooks{
 		word: func(w window, pending []decodedWord) error {
 			event := "Update"
-			if len(pending) == 1 {
+			switch {
+			case len(pending) == 1:
 				event = "StartOfTurn"
+			case eagerSent:
+				event = "TurnResumed" // the transcript changed after EagerEndOfTurn
 			}
-			return turnInfo(event, w, pending, 0.1)
+			eagerSent = false
+			return turnInfo(event, w, pending, fluxTurnConfidence)
 		},
 		final: func(w window, words []decodedWord, _ finalCause) error {
 			if len(words) == 0 {
@@ -70,11 +114,31 @@ func (e *Engine) serveFlux(rq *request) {
 			}
 			err := turnInfo("EndOfTurn", w, words, confidence)
 			turn++
+			eagerSent = false
 			return err
 		},
-	})
+		quiet: func(w window) error {
+			return turnInfo("Update", w, nil, fluxQuietConfidence)
+		},
+	}
+	cfg := transcriberConfig{input: p.input, endpointMS: p.eotTimeout, noSpeechStepMS: fluxUpdateStepMS}
+	if p.eager > 0 {
+		// The silence that ends an utterance doubles as the eager one: once
+		// per silence, and only after a word.
+		cfg.utteranceEndMS = p.eotTimeout / 2
+		hooks.utteranceEnd = func(int64) error {
+			eagerSent = true
+			return turnInfo("EagerEndOfTurn", window{tr.lastFinal, tr.dec.pos}, tr.pending, p.eager)
+		}
+	}
+	tr = newTranscriber(cfg, hooks)
 
-	s.readLoop(readOptions{silence: e.opts.SilenceTimeout},
+	// An idle Flux stream fails with INACTIVE_CLIENT before the close.
+	timeout := func() {
+		_ = send(map[string]any{"type": "Error", "code": "INACTIVE_CLIENT",
+			"description": "no audio was received within the timeout window"})
+	}
+	s.readLoop(readOptions{silence: e.opts.SilenceTimeout, beforeTimeout: timeout},
 		func(audio []byte) bool {
 			if err := tr.Feed(audio); err != nil {
 				s.undecodable(err)

@@ -19,8 +19,7 @@ import (
 
 // listenParams are the query parameters the simulated STT honours.
 type listenParams struct {
-	sampleRate   int
-	channels     int
+	input        audioInput // encoding, sample_rate, channels
 	interim      bool
 	endpointing  int // ms; 0 = off
 	utteranceEnd int // ms; 0 = off
@@ -35,15 +34,16 @@ const (
 )
 
 func parseListenParams(q url.Values) (listenParams, error) {
-	p := listenParams{sampleRate: defaultListenRate, channels: 1, endpointing: defaultEndpointing}
+	p := listenParams{endpointing: defaultEndpointing}
 	var err error
-	if err = checkEncoding(q.Get("encoding")); err != nil {
+	p.input.encoding = strings.ToLower(q.Get("encoding"))
+	if err = checkListenEncoding(p.input.encoding); err != nil {
 		return p, err
 	}
-	if p.sampleRate, err = intParam(q, "sample_rate", defaultListenRate, 1, 384000); err != nil {
+	if p.input.sampleRate, err = intParam(q, "sample_rate", defaultListenRate, 1, 384000); err != nil {
 		return p, err
 	}
-	if p.channels, err = intParam(q, "channels", 1, 1, 64); err != nil {
+	if p.input.channels, err = intParam(q, "channels", 1, 1, 64); err != nil {
 		return p, err
 	}
 	if p.interim, err = boolParam(q, "interim_results"); err != nil {
@@ -68,8 +68,9 @@ func parseListenParams(q url.Values) (listenParams, error) {
 	return p, nil
 }
 
-// checkEncoding accepts linear16 only: the simulation hears nothing else.
-func checkEncoding(enc string) error {
+// checkSpeakEncoding accepts linear16 only: the simulation synthesizes
+// nothing else (text-to-speech output and the agent's audio).
+func checkSpeakEncoding(enc string) error {
 	if enc == "" || strings.EqualFold(enc, "linear16") {
 		return nil
 	}
@@ -144,6 +145,9 @@ func (e *Engine) badRequest(rq *request, err error) {
 	e.writeError(rq.w, rq.id, http.StatusBadRequest, "Bad Request", err.Error())
 }
 
+// errCorrupt is Deepgram's answer to bytes it cannot decode as audio.
+const errCorrupt = "Bad Request: failed to process audio: corrupt or unsupported data"
+
 // serveListenBatch is pre-recorded STT: POST /v1/listen.
 func (e *Engine) serveListenBatch(rq *request) {
 	p, err := parseListenParams(rq.r.URL.Query())
@@ -159,56 +163,55 @@ func (e *Engine) serveListenBatch(rq *request) {
 		writeJSON(rq.w, http.StatusOK, callbackResponse{RequestID: rq.id})
 		return
 	}
+	if isJSON(rq.r) {
+		e.serveListenURL(rq)
+		return
+	}
 
 	hash := sha256.New()
 	var words []decodedWord
-	d := newDecoder(p.sampleRate, p.channels, func(ev decoderEvent) error {
+	d := newDecoder(p.input, func(ev decoderEvent) error {
 		if ev.kind == evWord {
 			words = append(words, ev.word)
 		}
 		return nil
 	})
-	if isJSON(rq.r) {
-		// A hosted-audio request: the simulation cannot fetch URLs, so it
-		// hears silence of zero length (an empty transcript).
-		var src struct {
-			URL string `json:"url"`
-		}
-		body, err := readJSON(rq.r, &src)
-		if err != nil {
-			e.badRequest(rq, err)
+	undecodable := func(err error) {
+		e.writeError(rq.w, rq.id, http.StatusBadRequest, "Bad Request", fmt.Sprintf("%s (%v)", errCorrupt, err))
+	}
+	body := http.MaxBytesReader(rq.w, rq.r.Body, maxAudioBody)
+	buf := make([]byte, 32<<10)
+	var size int64
+	for {
+		n, rerr := body.Read(buf)
+		size += int64(n)
+		hash.Write(buf[:n])
+		if err := d.Feed(buf[:n]); err != nil {
+			undecodable(err)
 			return
 		}
-		if src.URL == "" {
-			e.badRequest(rq, errors.New(`JSON body must be {"url": "..."}`))
-			return
+		if rerr == io.EOF {
+			break
 		}
-		hash.Write(body)
-	} else {
-		body := http.MaxBytesReader(rq.w, rq.r.Body, maxAudioBody)
-		buf := make([]byte, 32<<10)
-		for {
-			n, rerr := body.Read(buf)
-			hash.Write(buf[:n])
-			if err := d.Feed(buf[:n]); err != nil {
-				e.badRequest(rq, fmt.Errorf("failed to process audio: corrupt or unsupported data: %w", err))
-				return
+		if rerr != nil {
+			var tooLarge *http.MaxBytesError
+			if errors.As(rerr, &tooLarge) {
+				e.badRequest(rq, errTooLarge)
 			}
-			if rerr == io.EOF {
-				break
-			}
-			if rerr != nil {
-				var tooLarge *http.MaxBytesError
-				if errors.As(rerr, &tooLarge) {
-					e.badRequest(rq, errTooLarge)
-				}
-				return // the client went away
-			}
+			return // the client went away
 		}
-		if err := d.End(); err != nil {
-			e.badRequest(rq, fmt.Errorf("failed to process audio: corrupt or unsupported data: %w", err))
-			return
-		}
+	}
+	if err := d.End(); err != nil {
+		undecodable(err)
+		return
+	}
+	switch {
+	case size == 0:
+		undecodable(fmt.Errorf("%w: the body is empty", ErrUndecodable))
+		return
+	case !d.container && d.unmeasured == "" && d.pos == 0:
+		undecodable(fmt.Errorf("%w: %d bytes hold no whole sample", ErrUndecodable, size))
+		return
 	}
 
 	var res listenResponse
@@ -221,10 +224,31 @@ func (e *Engine) serveListenBatch(rq *request) {
 		Channels:       d.channels,
 		Models:         []string{sttModelUUID},
 		ModelInfo:      map[string]modelInfo{sttModelUUID: sttModelInfo()},
+		Warnings:       d.warnings(),
 		Extra:          p.extra,
 	}
 	res.Results.Channels = []listenChannel{{Alternatives: []alternative{alternativeOf(words, d.sampleRate)}}}
 	writeJSON(rq.w, http.StatusOK, res)
+}
+
+// serveListenURL answers a hosted-audio request, {"url": "..."}, as
+// Deepgram answers a URL it cannot fetch: the simulation has no network.
+func (e *Engine) serveListenURL(rq *request) {
+	var src struct {
+		URL string `json:"url"`
+	}
+	if _, err := readJSON(rq.r, &src); err != nil {
+		e.badRequest(rq, err)
+		return
+	}
+	if src.URL == "" {
+		e.badRequest(rq, errors.New(`JSON body must be {"url": "..."}`))
+		return
+	}
+	// The URL is not echoed: presigned URLs carry credentials.
+	e.writeError(rq.w, rq.id, http.StatusBadRequest, "REMOTE_CONTENT_ERROR",
+		"Could not fetch the URL: the remote server hosting the media failed to return valid data "+
+			"(the simulated engine does not reach the network; send the audio in the request body)")
 }
 
 // speechWords lays text out as speech: each whitespace-separated word lasts
@@ -290,7 +314,7 @@ type speakParams struct {
 func parseSpeakParams(q url.Values, allowContainer bool) (speakParams, error) {
 	p := speakParams{wav: allowContainer}
 	var err error
-	if err = checkEncoding(q.Get("encoding")); err != nil {
+	if err = checkSpeakEncoding(q.Get("encoding")); err != nil {
 		return p, err
 	}
 	if p.sampleRate, err = intParam(q, "sample_rate", defaultSpeakRate, 1, 384000); err != nil {

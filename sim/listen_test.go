@@ -138,29 +138,44 @@ func TestStreamUndecodableAudio(t *testing.T) {
 	}
 }
 
+// net0001 is Deepgram's close reason for a client that sent nothing.
+const net0001 = "Deepgram did not receive audio data or a text message within the timeout window. See https://dpgr.am/net0001"
+
 func TestStreamSilenceTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	s := start(t, sim.Options{SilenceTimeout: timeout})
 	tests := []struct {
 		name  string
 		setup func(t *testing.T, c *websocket.Conn)
+		heard string // the Metadata's duration
 	}{
-		{"nothing sent", func(*testing.T, *websocket.Conn) {}},
+		{"nothing sent", func(*testing.T, *websocket.Conn) {}, "0"},
 		{"keepalive before audio does not count", func(t *testing.T, c *websocket.Conn) {
 			sendJSON(t, c, map[string]string{"type": "KeepAlive"})
-		}},
+		}, "0"},
 		{"audio then silence", func(t *testing.T, c *websocket.Conn) {
 			sendAudio(t, c, make([]byte, 320), 320)
-		}},
+		}, "0.01"},
+		{"tone then silence", func(t *testing.T, c *websocket.Conn) {
+			sendAudio(t, c, tone(16000, 0.25), 3200)
+		}, "0.25"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, _ := dial(t, s, "/v1/listen")
+			c, _ := dial(t, s, "/v1/listen?encoding=linear16&sample_rate=16000")
 			begin := time.Now()
 			tt.setup(t, c)
+			// Deepgram sends Metadata, its sha256 "incomplete", before such a close.
+			meta := readText(t, c)
+			if meta.String() != "Metadata "+tt.heard || meta.Sha256 != "incomplete" || meta.RequestID == "" || meta.Channels != 1 {
+				t.Errorf("before the timeout close: %v %+v, want Metadata %s with sha256 incomplete", meta, meta, tt.heard)
+			}
 			got, closed := readUntilClose(t, c)
-			if len(got) != 0 || closed.Code != websocket.CloseInternalServerErr || closed.Text != "NET-0001" {
-				t.Errorf("got %q, close %d %q; want 1011 NET-0001", got, closed.Code, closed.Text)
+			if len(got) != 0 || closed.Code != websocket.CloseInternalServerErr || closed.Text != net0001 {
+				t.Errorf("then %q, close %d %q; want 1011 %q", got, closed.Code, closed.Text, net0001)
+			}
+			if len(closed.Text) > 123 {
+				t.Errorf("close reason of %d bytes: a close frame holds 123", len(closed.Text))
 			}
 			if took := time.Since(begin); took < timeout {
 				t.Errorf("closed after %v, before the %v timeout", took, timeout)
@@ -218,8 +233,8 @@ func TestStreamHandshake(t *testing.T) {
 			}
 		})
 	}
-	_, res, err := tryDial(s, "/v1/listen?encoding=mulaw", nil)
+	_, res, err := tryDial(s, "/v1/listen?encoding=bogus", nil)
 	if err == nil || res == nil || res.StatusCode != http.StatusBadRequest {
-		t.Errorf("mulaw: %v, %v", err, res)
+		t.Errorf("unknown encoding: %v, %v", err, res)
 	}
 }

@@ -143,7 +143,8 @@ type message struct {
 	AudioWindowStart float64 `json:"audio_window_start"`
 	AudioWindowEnd   float64 `json:"audio_window_end"`
 	Transcript       string  `json:"transcript"`
-	// Speak, agent
+	// Speak, agent, Flux errors
+	Code       string `json:"code"`
 	SequenceID int    `json:"sequence_id"`
 	Role       string `json:"role"`
 	Content    string `json:"content"`
@@ -181,6 +182,8 @@ func (m message) String() string {
 		return fmt.Sprintf("%s %d", m.Type, m.SequenceID)
 	case "ConversationText":
 		return fmt.Sprintf("ConversationText %s %q", m.Role, m.Content)
+	case "Error", "Warning":
+		return fmt.Sprintf("%s %s", m.Type, m.Code)
 	}
 	return m.Type
 }

@@ -94,7 +94,15 @@ type listenMetadata struct {
 	Channels       int                  `json:"channels"`
 	Models         []string             `json:"models"`
 	ModelInfo      map[string]modelInfo `json:"model_info"`
+	Warnings       []apiWarning         `json:"warnings,omitempty"`
 	Extra          map[string]string    `json:"extra,omitempty"`
+}
+
+// apiWarning is one of metadata.warnings, in the shape the SDKs parse.
+type apiWarning struct {
+	Parameter string `json:"parameter,omitempty"`
+	Type      string `json:"type"`
+	Message   string `json:"message"`
 }
 
 type listenChannel struct {
@@ -184,6 +192,41 @@ type speakMetadata struct {
 	ModelName    string `json:"model_name"`
 	ModelVersion string `json:"model_version"`
 	ModelUUID    string `json:"model_uuid"`
+}
+
+// Flux TTS, /v2/speak.
+
+type speakV2Connected struct {
+	Type         string   `json:"type"`
+	RequestID    string   `json:"request_id"`
+	ModelName    string   `json:"model_name"`
+	ModelVersion string   `json:"model_version"`
+	ModelUUIDs   []string `json:"model_uuids"`
+}
+
+// speakV2Speech is SpeechStarted and Flushed: a turn's event.
+type speakV2Speech struct {
+	Type     string `json:"type"`
+	SpeechID string `json:"speech_id"`
+}
+
+type speakV2SpeechMetadata struct {
+	Type            string `json:"type"`
+	SpeechID        string `json:"speech_id"`
+	AudioDurationMS int    `json:"audio_duration_ms"`
+	InputChars      int    `json:"input_character_count"`
+	BillableChars   int    `json:"billable_character_count"`
+	ControlsApplied struct {
+		PronunciationsApplied int `json:"pronunciations_applied"`
+		PronunciationWarnings int `json:"pronunciation_warnings"`
+	} `json:"controls_applied"`
+}
+
+type speakV2Session struct {
+	Type          string `json:"type"`
+	TotalAudioMS  int    `json:"total_audio_duration_ms"`
+	TotalChars    int    `json:"total_input_character_count"`
+	TotalBillable int    `json:"total_billable_character_count"`
 }
 
 type sequenced struct {

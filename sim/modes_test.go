@@ -49,7 +49,7 @@ func TestCapacityRefusal(t *testing.T) {
 			sendJSON(t, ws, map[string]string{"type": "CloseStream"})
 			readUntilClose(t, ws)
 			eventually(t, "slot released", func() bool { b, n := s.Engine().Active(); return b+n == 0 })
-			if res, body := do(t, c, http.MethodPost, s.URL()+"/v1/listen", "", nil); res.StatusCode != http.StatusOK {
+			if res, body := do(t, c, http.MethodPost, s.URL()+"/v1/listen", "", samples(0)); res.StatusCode != http.StatusOK {
 				t.Errorf("after release: %d %s", res.StatusCode, body)
 			}
 		})
@@ -120,7 +120,7 @@ func TestRefuseMode(t *testing.T) {
 		t.Errorf("status: %d %s", res.StatusCode, body)
 	}
 	s.SetMode(sim.ModeOK)
-	if res, body := do(t, c, http.MethodPost, s.URL()+"/v1/listen", "", nil); res.StatusCode != http.StatusOK {
+	if res, body := do(t, c, http.MethodPost, s.URL()+"/v1/listen", "", samples(0)); res.StatusCode != http.StatusOK {
 		t.Errorf("after ok: %d %s", res.StatusCode, body)
 	}
 }

@@ -117,8 +117,16 @@ func TestPrerecordedRefusals(t *testing.T) {
 		status      int
 		errCode     string
 	}{
-		{"noise is undecodable", "", "", samples(0, 0, 999, 999, 0), http.StatusBadRequest, "Bad Request"},
-		{"unsupported encoding", "?encoding=opus", "", samples(0), http.StatusBadRequest, "Bad Request"},
+		{"noise without an encoding is undecodable", "", "", samples(0, 0, 999, 999, 0), http.StatusBadRequest, "Bad Request"},
+		{"random bytes without an encoding", "", "", append([]byte{0x13, 0x37}, junk(998, 17)...), http.StatusBadRequest, "Bad Request"},
+		{"a tone without an encoding", "", "", tone(16000, 0.5), http.StatusBadRequest, "Bad Request"},
+		{"empty body", "?encoding=linear16&sample_rate=16000", "", nil, http.StatusBadRequest, "Bad Request"},
+		{"empty body without an encoding", "", "audio/wav", nil, http.StatusBadRequest, "Bad Request"},
+		{"less than one sample", "?encoding=linear16", "", []byte{0x7F}, http.StatusBadRequest, "Bad Request"},
+		{"less than one stereo frame", "?encoding=linear16&channels=2", "", samples(300), http.StatusBadRequest, "Bad Request"},
+		{"truncated WAV header", "", "", sim.WAV(nil, 16000, 1)[:30], http.StatusBadRequest, "Bad Request"},
+		{"RIFF that is not WAVE", "", "", []byte("RIFF\x24\x00\x00\x00AVI LIST\x10\x00\x00\x00"), http.StatusBadRequest, "Bad Request"},
+		{"unknown encoding", "?encoding=bogus", "", samples(0), http.StatusBadRequest, "Bad Request"},
 		{"bad sample rate", "?sample_rate=fast", "", samples(0), http.StatusBadRequest, "Bad Request"},
 		{"json without url", "", "application/json", []byte(`{"uri":"x"}`), http.StatusBadRequest, "Bad Request"},
 	}
@@ -151,14 +159,18 @@ func TestPrerecordedURLAndCallback(t *testing.T) {
 		t.Errorf("callback answer %d %s", res.StatusCode, body)
 	}
 
-	res, body = do(t, c, http.MethodPost, s.URL()+"/v1/listen", "application/json", []byte(`{"url":"https://example.invalid/a.wav"}`))
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("url: status %d: %s", res.StatusCode, body)
+	// The sim cannot fetch a URL: it answers as Deepgram answers a URL it
+	// cannot fetch, never with an empty transcript.
+	const secretURL = "https://example.invalid/a.wav?X-Amz-Signature=secret"
+	res, body = do(t, c, http.MethodPost, s.URL()+"/v1/listen?model=nova-3", "application/json", []byte(`{"url":"`+secretURL+`"}`))
+	var e dgError
+	decodeJSON(t, body, &e)
+	if res.StatusCode != http.StatusBadRequest || e.ErrCode != "REMOTE_CONTENT_ERROR" ||
+		!strings.Contains(e.ErrMsg, "Could not fetch the URL") || e.RequestID != res.Header.Get("dg-request-id") {
+		t.Errorf("url: status %d: %s", res.StatusCode, body)
 	}
-	var p prerecorded
-	decodeJSON(t, body, &p)
-	if alt := p.Results.Channels[0].Alternatives[0]; alt.Transcript != "" || len(alt.Words) != 0 {
-		t.Errorf("url transcript = %+v, want empty", alt)
+	if strings.Contains(string(body), "secret") {
+		t.Errorf("the error echoes the URL, credentials included: %s", body)
 	}
 }
 

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 )
 
 // speaker owns the output side of a stream that sends paced audio (the
-// /v1/speak stream and the agent): jobs run one at a time in order, so
+// speak streams and the agent): jobs run one at a time in order, so
 // messages and audio keep their order while the read loop stays free.
 // clear abandons the running job's audio and skips the jobs queued before it
 // (but not acknowledgements such as Cleared).
@@ -184,3 +186,114 @@ func (e *Engine) serveSpeakStream(rq *request) {
 			})
 		})
 }
+
+// serveSpeakV2 is Flux TTS, turn-based streaming text-to-speech: GET
+// /v2/speak. It greets with Connected; Speak adds text to the turn; Flush
+// ends the turn: SpeechStarted (with the turn's speech_id), the turn's
+// audio as binary frames, Flushed and SpeechMetadata (audio length and
+// character counts); a Flush with no text gets the Warning
+// NO_ACTIVE_SPEECH. Close answers, once earlier turns are done, with
+// SessionMetadata (the session's totals) and closes 1000. The simulation
+// synthesizes a turn when it is flushed, where Flux TTS starts speaking as
+// text arrives; the messages and their order are the same.
+func (e *Engine) serveSpeakV2(rq *request) {
+	p, err := parseSpeakParams(rq.r.URL.Query(), false)
+	if err != nil {
+		e.badRequest(rq, err)
+		return
+	}
+	s := e.upgrade(rq)
+	if s == nil {
+		return
+	}
+	defer s.end()
+	if err := s.sendJSON(speakV2Connected{Type: "Connected", RequestID: s.id, ModelName: ttsModelName,
+		ModelVersion: modelVersion, ModelUUIDs: []string{ttsModelUUID}}); err != nil {
+		return
+	}
+	sp := newSpeaker(s)
+	defer sp.stop()
+
+	var text strings.Builder
+	var session speakV2Session // owned by the speaker's goroutine
+	session.Type = "SessionMetadata"
+	s.readLoop(readOptions{},
+		func([]byte) bool {
+			return sp.ack(func(context.Context) error {
+				return s.sendJSON(warning{Type: "Warning", Code: "UNEXPECTED_AUDIO", Description: "the speak stream takes text messages only"})
+			})
+		},
+		func(typ string, raw []byte) bool {
+			switch typ {
+			case "Speak":
+				var m struct {
+					Text string `json:"text"`
+				}
+				_ = json.Unmarshal(raw, &m)
+				text.WriteString(m.Text) // Speak chunks are parts of one text: LLM tokens carry their own spaces
+				return true
+			case "Flush":
+				t := text.String()
+				text.Reset()
+				if strings.TrimSpace(t) == "" {
+					return sp.ack(func(context.Context) error {
+						return s.sendJSON(warning{Type: "Warning", Code: "NO_ACTIVE_SPEECH", Description: "Flush arrived with no active turn: no text was sent since the last Flush"})
+					})
+				}
+				return sp.do(func(ctx context.Context) error {
+					return speakV2Turn(ctx, sp, &session, t, p.sampleRate)
+				})
+			case "Close":
+				return sp.ack(func(context.Context) error {
+					if err := s.sendJSON(session); err != nil {
+						return err
+					}
+					s.closeWith(websocket.CloseNormalClosure, "")
+					return nil
+				})
+			}
+			return sp.ack(func(context.Context) error {
+				return s.sendJSON(warning{Type: "Warning", Code: "UNKNOWN_MESSAGE_TYPE", Description: "unknown message type " + typ})
+			})
+		})
+}
+
+// speakV2Turn speaks one /v2/speak turn and counts it in the session.
+func speakV2Turn(ctx context.Context, sp *speaker, session *speakV2Session, text string, sampleRate int) error {
+	s := sp.s
+	id := newSpeechID()
+	if err := s.sendJSON(speakV2Speech{Type: "SpeechStarted", SpeechID: id}); err != nil {
+		return err
+	}
+	audio := synthesizeText(text, sampleRate)
+	if err := s.e.streamAudio(ctx, audio, s.sendBinary); err != nil || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			return nil // the stream is ending
+		}
+		return err
+	}
+	if err := s.sendJSON(speakV2Speech{Type: "Flushed", SpeechID: id}); err != nil {
+		return err
+	}
+	chars, billable := utf8.RuneCountInString(text), billableChars(text)
+	ms := int(int64(len(audio)/2) * 1000 / int64(sampleRate))
+	session.TotalAudioMS += ms
+	session.TotalChars += chars
+	session.TotalBillable += billable
+	return s.sendJSON(speakV2SpeechMetadata{Type: "SpeechMetadata", SpeechID: id, AudioDurationMS: ms,
+		InputChars: chars, BillableChars: billable})
+}
+
+// billableChars counts text's characters without control characters.
+func billableChars(text string) int {
+	n := 0
+	for _, r := range text {
+		if !unicode.IsControl(r) {
+			n++
+		}
+	}
+	return n
+}
+
+// newSpeechID mints a /v2/speak turn's identifier, dg_sp_<12 hex digits>.
+func newSpeechID() string { return "dg_sp_" + strings.ReplaceAll(newRequestID(), "-", "")[:12] }

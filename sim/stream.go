@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"hash"
 	"net"
 	"net/http"
 	"strings"
@@ -18,10 +17,12 @@ import (
 	"go.uber.org/zap"
 )
 
-// Close reasons Deepgram uses.
+// Close reasons Deepgram uses. A close frame's reason holds at most 123
+// bytes; Deepgram's timeout sentences fit.
 const (
 	reasonUndecodable = "DATA-0000"
-	reasonSilence     = "NET-0001"
+	// reasonSilence is NET-0001's sentence: no audio or text from the client.
+	reasonSilence = "Deepgram did not receive audio data or a text message within the timeout window. See https://dpgr.am/net0001"
 )
 
 // session is one open WebSocket stream.
@@ -125,12 +126,15 @@ type readOptions struct {
 	// keepAliveAlways lets KeepAlive reset the silence timeout before any
 	// audio (the agent); STT streams count it only after audio.
 	keepAliveAlways bool
+	// beforeTimeout, if set, sends what precedes the silence timeout's
+	// close frame (the listen stream's Metadata, Flux's Error).
+	beforeTimeout func()
 }
 
 // readLoop reads the client's messages until the client leaves, a handler
-// returns false, or the silence timeout passes (close 1011 NET-0001). Audio
-// and every text message are activity; KeepAlive is activity only once audio
-// has been heard, unless keepAliveAlways.
+// returns false, or the silence timeout passes (close 1011 NET-0001, after
+// beforeTimeout). Audio and every text message are activity; KeepAlive is
+// activity only once audio has been heard, unless keepAliveAlways.
 func (s *session) readLoop(o readOptions, onBinary func([]byte) bool, onText func(typ string, raw []byte) bool) {
 	last, heard := time.Now(), false
 	for {
@@ -141,6 +145,9 @@ func (s *session) readLoop(o readOptions, onBinary func([]byte) bool, onText fun
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() && o.silence > 0 && !s.closeSent.Load() {
+				if o.beforeTimeout != nil {
+					o.beforeTimeout()
+				}
 				s.closeWith(websocket.CloseInternalServerErr, reasonSilence)
 			}
 			return
@@ -176,6 +183,10 @@ func (s *session) drain() {
 		}
 	}
 }
+
+// noSpeechStepMS is how often a /v1/listen stream reports audio without
+// speech: at every whole second of audio.
+const noSpeechStepMS = 1000
 
 // serveListenStream is streaming STT: GET /v1/listen (see the package
 // documentation for when results are sent).
@@ -214,23 +225,39 @@ func (e *Engine) serveListenStream(rq *request) {
 			return s.sendJSON(speechStartedMessage{Type: "SpeechStarted", Channel: channel, Timestamp: seconds(at, tr.sampleRate())})
 		}
 	}
-	utteranceEnd := 0
+	cfg := transcriberConfig{input: p.input, endpointMS: p.endpointing,
+		noSpeechStepMS: noSpeechStepMS, noSpeechFinals: true}
 	if p.interim {
 		hooks.word = func(w window, pending []decodedWord) error {
 			return results(w, pending, false, false, false)
 		}
-		utteranceEnd = p.utteranceEnd // Deepgram sends UtteranceEnd only with interim results
+		hooks.quiet = func(w window) error {
+			return results(w, nil, false, false, false)
+		}
+		cfg.utteranceEndMS = p.utteranceEnd // Deepgram sends UtteranceEnd only with interim results
 		hooks.utteranceEnd = func(lastWordEnd int64) error {
 			return s.sendJSON(utteranceEndMessage{Type: "UtteranceEnd", Channel: channel, LastWordEnd: seconds(lastWordEnd, tr.sampleRate())})
 		}
 	}
-	tr = newTranscriber(p.sampleRate, p.channels, p.endpointing, utteranceEnd, hooks)
+	tr = newTranscriber(cfg, hooks)
 	sum := sha256.New()
+	metadata := func(sha string) error {
+		return s.sendJSON(streamMetadata{Type: "Metadata", listenMetadata: listenMetadata{
+			TransactionKey: "deprecated", RequestID: s.id,
+			Sha256: sha, Created: created(s.started),
+			Duration: tr.duration(), Channels: tr.dec.channels,
+			Models: []string{sttModelUUID}, ModelInfo: map[string]modelInfo{sttModelUUID: sttModelInfo()},
+			Warnings: tr.dec.warnings(), Extra: p.extra,
+		}})
+	}
 
-	s.readLoop(readOptions{silence: e.opts.SilenceTimeout},
+	closing := func() error { return metadata(hex.EncodeToString(sum.Sum(nil))) }
+	// Deepgram sends Metadata before a timeout close too, its sha256 "incomplete".
+	timeout := func() { _ = metadata("incomplete") }
+	s.readLoop(readOptions{silence: e.opts.SilenceTimeout, beforeTimeout: timeout},
 		func(audio []byte) bool {
 			if len(audio) == 0 { // an empty binary frame closes the stream
-				s.finishListen(tr, sum, p)
+				s.finishListen(tr, closing)
 				return false
 			}
 			sum.Write(audio)
@@ -247,7 +274,7 @@ func (e *Engine) serveListenStream(rq *request) {
 					return false
 				}
 			case "CloseStream":
-				s.finishListen(tr, sum, p)
+				s.finishListen(tr, closing)
 				return false
 			}
 			return true // KeepAlive and unknown types
@@ -265,19 +292,12 @@ func (s *session) undecodable(err error) {
 }
 
 // finishListen flushes the last finals, sends Metadata and closes 1000.
-func (s *session) finishListen(tr *transcriber, sum hash.Hash, p listenParams) {
+func (s *session) finishListen(tr *transcriber, metadata func() error) {
 	if err := tr.Close(); err != nil {
 		s.undecodable(err)
 		return
 	}
-	err := s.sendJSON(streamMetadata{Type: "Metadata", listenMetadata: listenMetadata{
-		TransactionKey: "deprecated", RequestID: s.id,
-		Sha256: hex.EncodeToString(sum.Sum(nil)), Created: created(s.started),
-		Duration: tr.duration(), Channels: tr.dec.channels,
-		Models: []string{sttModelUUID}, ModelInfo: map[string]modelInfo{sttModelUUID: sttModelInfo()},
-		Extra: p.extra,
-	}})
-	if err != nil {
+	if err := metadata(); err != nil {
 		return
 	}
 	s.closeWith(websocket.CloseNormalClosure, "")

@@ -78,7 +78,7 @@ func TestSpeakStream(t *testing.T) {
 		{"Clear", "Cleared 1"}, // drops the buffered "dropped"
 		{"Flush", "Flushed 2"}, // nothing buffered: no audio
 		{"Reset", "Cleared 3"}, // the older name of Clear
-		{"Mystery", "Warning"},
+		{"Mystery", "Warning UNKNOWN_MESSAGE_TYPE"},
 	} {
 		if step.send == "Clear" {
 			sendJSON(t, c, map[string]string{"type": "Speak", "text": "dropped"})
