@@ -170,7 +170,7 @@ regions:
 	}
 	post := func(country string) *http.Response {
 		t.Helper()
-		req, _ := http.NewRequest("POST", r.url("/v1/listen"), strings.NewReader("x"))
+		req, _ := http.NewRequest("POST", r.url("/v1/listen"), bytes.NewReader(sim.WAV(nil, 16000, 1)))
 		req.Header = from(country)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

@@ -91,7 +91,7 @@ regions:
 			b.routerError(t, resp, 400, "BAD_REQUEST")
 		}},
 		{"upgrade headers on POST are a plain pre-recorded request", func(t *testing.T) {
-			resp := b.do(t, "POST", "/v1/listen", b.upgradeHeader(), strings.NewReader(""))
+			resp := b.do(t, "POST", "/v1/listen", b.upgradeHeader(), bytes.NewReader(sim.WAV(nil, 16000, 1)))
 			var pr prerecorded
 			body := readBody(t, resp)
 			if resp.StatusCode != 200 || json.Unmarshal(body, &pr) != nil || pr.Metadata.RequestID == "" {

@@ -106,7 +106,9 @@ func TestJSONURLBodyAndOtherEndpoints(t *testing.T) {
 		method, path, ctype, body string
 		wantKey                   string // a top-level key of the JSON answer
 	}{
-		{"POST", "/v1/listen", "application/json", `{"url":"https://example.com/a.wav"}`, "results"},
+		// The simulated engine cannot fetch a URL: it answers as Deepgram
+		// answers a URL it cannot fetch.
+		{"POST", "/v1/listen", "application/json", `{"url":"https://example.com/a.wav"}`, "err_code"},
 		{"POST", "/v1/read?summarize=v2", "application/json", `{"text":"The quick brown fox."}`, "results"},
 		{"GET", "/v1/models", "", "", "stt"},
 	} {
@@ -121,7 +123,11 @@ func TestJSONURLBodyAndOtherEndpoints(t *testing.T) {
 			}
 			defer resp.Body.Close()
 			var m map[string]json.RawMessage
-			if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != 200 {
+			want := http.StatusOK
+			if tc.wantKey == "err_code" {
+				want = http.StatusBadRequest
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != want {
 				t.Fatalf("status %d, decode %v", resp.StatusCode, err)
 			}
 			if _, ok := m[tc.wantKey]; !ok {

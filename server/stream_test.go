@@ -187,18 +187,20 @@ func TestFinalizeAndKeepAlivePassThrough(t *testing.T) {
 func TestRegionCloseCodesReachClient(t *testing.T) {
 	r := startRouter(t, simRegions(""))
 	for _, tc := range []struct {
-		name   string
-		send   func(*websocket.Conn) error
-		code   int
-		reason string
+		name, query string
+		send        func(*websocket.Conn) error
+		code        int
+		reason      string
 	}{
-		{"silence times out with NET-0001", func(*websocket.Conn) error { return nil }, 1011, "NET-0001"},
-		{"undecodable audio is DATA-0000", func(c *websocket.Conn) error {
+		{"silence times out with NET-0001", "?encoding=linear16&sample_rate=16000", func(*websocket.Conn) error { return nil }, 1011,
+			"Deepgram did not receive audio data or a text message within the timeout window. See https://dpgr.am/net0001"},
+		{"undecodable audio is DATA-0000", "", func(c *websocket.Conn) error {
+			// No encoding= and no container: bytes nothing can decode.
 			return c.WriteMessage(websocket.BinaryMessage, bytes.Repeat([]byte{0x11, 0x22}, 800))
 		}, 1008, "DATA-0000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen?encoding=linear16&sample_rate=16000"), nil)
+			c, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"+tc.query), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
