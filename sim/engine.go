@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Mode is how an engine treats new requests.
@@ -450,7 +451,11 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if rq.aborted {
 			status = 0
 		}
-		e.log.Info("request",
+		level := zapcore.InfoLevel
+		if strings.HasPrefix(r.URL.Path, "/v1/status") && status == http.StatusOK {
+			level = zapcore.DebugLevel // health checks, every second per region
+		}
+		e.log.Log(level, "request",
 			zap.String("method", r.Method), zap.String("path", r.URL.Path),
 			zap.Int("status", status), zap.Bool("aborted", rq.aborted),
 			zap.Duration("duration", time.Since(start)), zap.String("request_id", id))
