@@ -14,32 +14,7 @@ go version
 # test (Node, npm and @deepgram/sdk). They are installed when missing and
 # possible (root on Debian; the npm registry); otherwise those tests skip
 # and say why.
-install() { # command package
-	command -v "$1" >/dev/null 2>&1 && return
-	[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || {
-		echo "$2 is not installed and cannot be (needs root and apt-get): the tests that need it will skip"
-		return 0
-	}
-	echo "installing $2"
-	export DEBIAN_FRONTEND=noninteractive
-	log=$(mktemp)
-	if ! apt-get install -y -q "$2" >"$log" 2>&1; then
-		apt-get update -q >>"$log" 2>&1 && apt-get install -y -q "$2" >>"$log" 2>&1 || {
-			echo "could not install $2: the tests that need it will skip. apt-get said:"
-			tail -n 15 "$log" | sed 's/^/  | /'
-		}
-	fi
-	rm -f "$log"
-}
-
-# step NAME COMMAND...: runs a step and says how long it took.
-step() {
-	name=$1
-	shift
-	start=$(date +%s)
-	"$@"
-	echo "-- $name: $(($(date +%s) - start))s"
-}
+. scripts/lib.sh
 
 deps() {
 	install chromium chromium
