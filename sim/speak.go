@@ -33,6 +33,14 @@ type speakJob struct {
 }
 
 // newSpeaker starts the speaker's goroutine; stop ends it.
+// refuseAudio answers audio sent to a speak stream with a Warning, in
+// turn with the audio being spoken.
+func (sp *speaker) refuseAudio([]byte) bool {
+	return sp.ack(func(context.Context) error {
+		return sp.s.sendJSON(warning{Type: "Warning", Code: "UNEXPECTED_AUDIO", Description: "the speak stream takes text messages only"})
+	})
+}
+
 func newSpeaker(s *session) *speaker {
 	sp := &speaker{s: s, jobs: make(chan speakJob, 64), done: make(chan struct{})}
 	sp.gen, sp.cancel = context.WithCancel(s.ctx)
@@ -140,11 +148,7 @@ func (e *Engine) serveSpeakStream(rq *request) {
 	var text strings.Builder
 	seq := 0
 	s.readLoop(readOptions{},
-		func([]byte) bool {
-			return sp.ack(func(context.Context) error {
-				return s.sendJSON(warning{Type: "Warning", Code: "UNEXPECTED_AUDIO", Description: "the speak stream takes text messages only"})
-			})
-		},
+		sp.refuseAudio,
 		func(typ string, raw []byte) bool {
 			switch typ {
 			case "Speak":
@@ -218,11 +222,7 @@ func (e *Engine) serveSpeakV2(rq *request) {
 	var session speakV2Session // owned by the speaker's goroutine
 	session.Type = "SessionMetadata"
 	s.readLoop(readOptions{},
-		func([]byte) bool {
-			return sp.ack(func(context.Context) error {
-				return s.sendJSON(warning{Type: "Warning", Code: "UNEXPECTED_AUDIO", Description: "the speak stream takes text messages only"})
-			})
-		},
+		sp.refuseAudio,
 		func(typ string, raw []byte) bool {
 			switch typ {
 			case "Speak":
