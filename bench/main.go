@@ -13,8 +13,13 @@
 //     within each round, and each number is the median over the rounds, so
 //     that the machine's noise falls on all of them alike.
 //   - Streaming: N concurrent real-time streams (internal/streamload)
-//     through the router and straight to the region: router RSS per stream,
-//     CPU per 1,000 streams, per-message latency over direct, lost words.
+//     straight to the region and through each proxy, each started fresh:
+//     RSS per stream, CPU per 1,000 streams, per-message latency over
+//     direct, lost words.
+//
+// With -pin (the default on two or more cores) each proxy runs on core 1
+// and everything else (the region, the load generator) on core 0, so that
+// the proxies' numbers compare on equal terms on a small machine.
 //
 // go run ./bench -h lists the knobs; -audio-file writes the 32 KiB body for
 // vegeta's targets files in bench/targets.
@@ -62,6 +67,7 @@ type options struct {
 	peers       []string
 	profile     string
 	routerEnv   []string
+	pin         bool
 }
 
 func main() {
@@ -83,7 +89,19 @@ func main() {
 	var routerEnv string
 	flag.StringVar(&routerEnv, "router-env", "", "extra environment for the router, e.g. GOGC=50,GOMEMLIMIT=200MiB")
 	flag.StringVar(&o.profile, "profile", "", "save a CPU profile of the router during its first saturation attack to this file")
+	flag.BoolVar(&o.pin, "pin", runtime.NumCPU() >= 2, "run each proxy on core 1 and everything else on core 0 (taskset)")
 	flag.Parse()
+	if o.pin && os.Getenv("EARSHOT_BENCH_PINNED") == "" {
+		// Again, on core 0: the load generator and the region (started
+		// from here) stay off the proxies' core.
+		cmd := exec.Command("taskset", append([]string{"-c", "0"}, os.Args...)...)
+		cmd.Env = append(os.Environ(), "EARSHOT_BENCH_PINNED=1")
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fail(fmt.Errorf("taskset (util-linux) to pin the load to core 0: %w", err))
+		}
+		return
+	}
 	if audioFile != "" {
 		if err := os.WriteFile(audioFile, body32k(), 0o644); err != nil {
 			fail(err)
@@ -153,7 +171,7 @@ func run(o options) error {
 		return fmt.Errorf("region: %w", err)
 	}
 
-	routerSys, err := startRouter(dir, regionAddr, o.routerEnv)
+	routerSys, err := startRouter(dir, regionAddr, o.routerEnv, o.pin)
 	if err != nil {
 		return err
 	}
@@ -164,7 +182,7 @@ func run(o options) error {
 	}
 	for _, p := range o.peers {
 		p = strings.TrimSpace(p)
-		s, err := startPeer(dir, p, regionAddr)
+		s, err := startPeer(dir, p, regionAddr, o.pin)
 		if err == nil {
 			defer stop(s.cmd)
 			if err = waitUp(s.url); err != nil {
@@ -186,25 +204,45 @@ func run(o options) error {
 		res.HTTP = httpBench(o, systems, region.Process.Pid, log)
 	}
 	if !o.skipStreams {
-		stop(routerSys.cmd) // a fresh router per stream count: no memory kept from before
+		// A fresh proxy per stream count: no memory kept from before.
+		for _, sys := range systems[1:] {
+			stop(sys.cmd)
+		}
 		for i, n := range o.streams {
-			rs, err := startRouter(dir, regionAddr, o.routerEnv)
-			if err == nil {
-				err = waitUp(rs.url)
-			}
-			if err != nil {
-				return fmt.Errorf("router: %w", err)
-			}
-			so := o
-			if i > 0 {
-				so.profile = "" // the first run's is enough
-			}
-			sr, err := streamBench(so, n, direct, rs, log)
-			stop(rs.cmd)
+			sr := StreamResult{Streams: n}
+			log("streaming: %d streams straight to the region", n)
+			d, err := streamLoad(o, n, direct)
 			if err != nil {
 				return err
 			}
-			res.Streams = append(res.Streams, *sr)
+			sr.Runs = append(sr.Runs, *d)
+			for _, name := range res.Systems[1:] {
+				var s *system
+				if name == "router" {
+					s, err = startRouter(dir, regionAddr, o.routerEnv, o.pin)
+				} else {
+					s, err = startPeer(dir, name, regionAddr, o.pin)
+				}
+				if err == nil {
+					err = waitUp(s.url)
+				}
+				if err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+				so := o
+				if i > 0 || name != "router" {
+					so.profile = "" // the router's first run's is enough
+				}
+				log("streaming: %d streams through %s (idle RSS %.1f MiB)", n, name, float64(memOf(s.pid, "VmRSS"))/(1<<20))
+				r, err := streamLoad(so, n, s)
+				stop(s.cmd)
+				if err != nil {
+					return err
+				}
+				r.AddedP50, r.AddedP99 = r.Report.Relay.P50-d.Report.Relay.P50, r.Report.Relay.P99-d.Report.Relay.P99
+				sr.Runs = append(sr.Runs, *r)
+			}
+			res.Streams = append(res.Streams, sr)
 		}
 	}
 	return write(o.out, &res)
@@ -278,7 +316,15 @@ func waitUp(base string) error {
 	}
 }
 
-func startRouter(dir, regionAddr string, env []string) (*system, error) {
+// pinned is how a proxy is started: on core 1 when pinning.
+func pinned(pin bool, bin string, args ...string) (string, []string) {
+	if !pin {
+		return bin, args
+	}
+	return "taskset", append([]string{"-c", "1", bin}, args...)
+}
+
+func startRouter(dir, regionAddr string, env []string, pin bool) (*system, error) {
 	listen, admin := freeAddr(), freeAddr()
 	cfg := fmt.Sprintf(`# the router as benchmarked: one region, no keys, warnings only in the log
 listen: %q
@@ -294,7 +340,8 @@ regions:
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	cmd, err := startEnv(dir, "router", env, filepath.Join(dir, "router"), "--config", path, "--watch=false")
+	bin, args := pinned(pin, filepath.Join(dir, "router"), "--config", path, "--watch=false")
+	cmd, err := startEnv(dir, "router", env, bin, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +349,7 @@ regions:
 }
 
 // startPeer runs nginx, haproxy or caddy from its config in bench/peers.
-func startPeer(dir, name, regionAddr string) (*system, error) {
+func startPeer(dir, name, regionAddr string, pin bool) (*system, error) {
 	listen := freeAddr()
 	conf := map[string]string{"nginx": "nginx.conf", "haproxy": "haproxy.cfg", "caddy": "Caddyfile"}[name]
 	if conf == "" {
@@ -328,7 +375,11 @@ func startPeer(dir, name, regionAddr string) (*system, error) {
 		return nil, err
 	}
 	var b bytes.Buffer
-	if err := tmpl.Execute(&b, map[string]string{"Listen": listen, "Upstream": regionAddr, "Dir": pdir}); err != nil {
+	workers := "auto"
+	if pin {
+		workers = "1" // one core: one worker, as the router has one core
+	}
+	if err := tmpl.Execute(&b, map[string]string{"Listen": listen, "Upstream": regionAddr, "Dir": pdir, "Workers": workers}); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(pdir, conf)
@@ -344,7 +395,8 @@ func startPeer(dir, name, regionAddr string) (*system, error) {
 	case "caddy":
 		args = []string{"run", "--config", path, "--adapter", "caddyfile"}
 	}
-	cmd, err := start(dir, name, bin, args...)
+	pbin, pargs := pinned(pin, bin, args...)
+	cmd, err := start(dir, name, pbin, pargs...)
 	if err != nil {
 		return nil, err
 	}
@@ -572,78 +624,72 @@ func medianRun(rs []httpRun) httpRun {
 
 // ---- streaming ----
 
-// StreamResult is one stream count through the router and direct.
+// StreamResult is one stream count, straight to the region and through
+// each proxy.
 type StreamResult struct {
-	Streams       int                `json:"streams"`
-	Router        *streamload.Report `json:"router"`
-	Direct        *streamload.Report `json:"direct"`
-	RouterIdleRSS int64              `json:"router_idle_rss_bytes"`
-	RouterPeakRSS int64              `json:"router_peak_rss_bytes"`
-	RSSPerStream  float64            `json:"router_rss_bytes_per_stream"`
-	RouterCPU     float64            `json:"router_cpu_seconds"`
-	CoresPer1000  float64            `json:"router_cores_per_1000_streams"` // CPU seconds per second, per 1,000 streams
-	AddedP50      float64            `json:"added_per_message_p50_ms"`
-	AddedP99      float64            `json:"added_per_message_p99_ms"`
+	Streams int         `json:"streams"`
+	Runs    []StreamRun `json:"runs"` // direct first
 }
 
-func streamBench(o options, n int, direct, router *system, log func(string, ...any)) (*StreamResult, error) {
-	load := func(s *system) (*streamload.Report, time.Duration, int64, error) {
-		var cpu0 time.Duration
-		peak := int64(0)
-		stopSampling := make(chan struct{})
-		sampled := make(chan int64)
-		if s.pid != 0 {
-			resetPeak(s.pid)
-			cpu0 = cpuOf(s.pid)
-			go func() { // the RSS while streams are open; VmHWM backs it up
-				var top int64
-				t := time.NewTicker(500 * time.Millisecond)
-				defer t.Stop()
-				for {
-					select {
-					case <-stopSampling:
-						sampled <- top
-						return
-					case <-t.C:
-						top = max(top, memOf(s.pid, "VmRSS"))
-					}
+// StreamRun is one system's run.
+type StreamRun struct {
+	System       string             `json:"system"`
+	Report       *streamload.Report `json:"report"`
+	IdleRSS      int64              `json:"idle_rss_bytes"` // the proxy's, before the streams
+	PeakRSS      int64              `json:"peak_rss_bytes"`
+	RSSPerStream float64            `json:"rss_bytes_per_stream"` // (peak - idle) / streams
+	CPU          float64            `json:"cpu_seconds"`
+	CoresPer1000 float64            `json:"cores_per_1000_streams"` // CPU seconds per second of open stream, per 1,000 streams
+	AddedP50     float64            `json:"added_per_message_p50_ms"`
+	AddedP99     float64            `json:"added_per_message_p99_ms"`
+}
+
+// streamLoad runs n streams through s, reading its CPU and RSS from /proc
+// (s.pid 0: straight to the region, no proxy to read).
+func streamLoad(o options, n int, s *system) (*StreamRun, error) {
+	run := &StreamRun{System: s.name}
+	var cpu0 time.Duration
+	stopSampling := make(chan struct{})
+	sampled := make(chan int64)
+	if s.pid != 0 {
+		run.IdleRSS = memOf(s.pid, "VmRSS")
+		resetPeak(s.pid)
+		cpu0 = cpuOf(s.pid)
+		go func() { // the RSS while streams are open; VmHWM backs it up
+			var top int64
+			t := time.NewTicker(500 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopSampling:
+					sampled <- top
+					return
+				case <-t.C:
+					top = max(top, memOf(s.pid, "VmRSS"))
 				}
-			}()
+			}
+		}()
+		if o.profile != "" && o.skipHTTP && s.admin != "" {
+			go saveProfile(s.admin, o.profile, o.streamRamp+o.streamAudio/2)
 		}
-		r, err := streamload.Run(context.Background(), streamload.Options{
-			URL: strings.Replace(s.url, "http://", "ws://", 1), Streams: n, Ramp: o.streamRamp, Audio: o.streamAudio,
-		})
-		var cpu time.Duration
-		if s.pid != 0 {
-			cpu = cpuOf(s.pid) - cpu0
-			close(stopSampling)
-			peak = max(<-sampled, memOf(s.pid, "VmHWM"))
-		}
-		return r, cpu, peak, err
 	}
-	log("streaming: %d streams straight to the region", n)
-	d, _, _, err := load(direct)
+	r, err := streamload.Run(context.Background(), streamload.Options{
+		URL: strings.Replace(s.url, "http://", "ws://", 1), Streams: n, Ramp: o.streamRamp, Audio: o.streamAudio,
+	})
 	if err != nil {
 		return nil, err
 	}
-	log("%s", d)
-	idle := memOf(router.pid, "VmRSS")
-	if o.profile != "" && o.skipHTTP {
-		go saveProfile(router.admin, o.profile, o.streamRamp+o.streamAudio/2)
+	run.Report = r
+	if s.pid != 0 {
+		run.CPU = (cpuOf(s.pid) - cpu0).Seconds()
+		close(stopSampling)
+		run.PeakRSS = max(<-sampled, memOf(s.pid, "VmHWM"))
+		run.RSSPerStream = float64(run.PeakRSS-run.IdleRSS) / float64(n)
+		// The streams are not all open for the whole run (ramp, close).
+		run.CoresPer1000 = run.CPU / max(r.StreamSeconds, 1) * 1000
 	}
-	log("streaming: %d streams through the router (idle RSS %.1f MiB)", n, float64(idle)/(1<<20))
-	r, cpu, peak, err := load(router)
-	if err != nil {
-		return nil, err
-	}
-	log("%s", r)
-	res := &StreamResult{Streams: n, Router: r, Direct: d, RouterIdleRSS: idle, RouterPeakRSS: peak,
-		RSSPerStream: float64(peak-idle) / float64(n), RouterCPU: cpu.Seconds(),
-		// CPU seconds per second of open stream, per 1,000 streams: the
-		// streams are not all open for the whole run (ramp, close).
-		CoresPer1000: cpu.Seconds() / max(r.StreamSeconds, 1) * 1000,
-		AddedP50:     r.Relay.P50 - d.Relay.P50, AddedP99: r.Relay.P99 - d.Relay.P99}
-	return res, nil
+	fmt.Fprintf(os.Stderr, "bench: %s: %s\n", s.name, r)
+	return run, nil
 }
 
 // ---- results ----
@@ -741,15 +787,27 @@ func markdown(w io.Writer, res *results) {
 		}
 		fmt.Fprintln(w)
 	}
-	if len(res.Streams) > 0 {
-		fmt.Fprintln(w, "### Streaming: concurrent real-time streams (100 ms chunks), through the router and direct")
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| streams | succeeded (router / direct) | words lost (router / direct) | router RSS per stream | router cores per 1000 streams | per-message p50 router / direct ms | p99 router / direct ms | added p50 / p99 ms | handshake p99 ms |")
-		fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-		for _, s := range res.Streams {
-			fmt.Fprintf(w, "| %d | %d / %d | %d / %d | %.1f KiB | %.3f | %.2f / %.2f | %.2f / %.2f | %+.2f / %+.2f | %.1f |\n", s.Streams,
-				s.Router.Succeeded, s.Direct.Succeeded, s.Router.Lost(), s.Direct.Lost(), s.RSSPerStream/1024, s.CoresPer1000,
-				s.Router.Relay.P50, s.Direct.Relay.P50, s.Router.Relay.P99, s.Direct.Relay.P99, s.AddedP50, s.AddedP99, s.Router.Handshake.P99)
+	for _, sr := range res.Streams {
+		fmt.Fprintf(w, "### Streaming: %d concurrent real-time streams (100 ms chunks)\n\n", sr.Streams)
+		fmt.Fprintln(w, "| system | succeeded | words lost | RSS per stream | cores per 1000 streams | per-message p50 / p99 ms | added p50 / p99 ms | handshake p99 ms | RSS vs nginx | CPU vs nginx |")
+		fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+		var nginx *StreamRun
+		for i := range sr.Runs {
+			if sr.Runs[i].System == "nginx" {
+				nginx = &sr.Runs[i]
+			}
+		}
+		for _, r := range sr.Runs {
+			rss, cpu, vsRSS, vsCPU := "–", "–", "–", "–"
+			if r.System != "direct" {
+				rss, cpu = fmt.Sprintf("%.1f KiB", r.RSSPerStream/1024), fmt.Sprintf("%.3f", r.CoresPer1000)
+				if nginx != nil {
+					vsRSS, vsCPU = ratio(r.RSSPerStream, nginx.RSSPerStream), ratio(r.CoresPer1000, nginx.CoresPer1000)
+				}
+			}
+			fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %.2f / %.2f | %+.2f / %+.2f | %.1f | %s | %s |\n", r.System,
+				r.Report.Succeeded, r.Report.Lost(), rss, cpu, r.Report.Relay.P50, r.Report.Relay.P99,
+				r.AddedP50, r.AddedP99, r.Report.Handshake.P99, vsRSS, vsCPU)
 		}
 		fmt.Fprintln(w)
 	}
