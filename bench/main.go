@@ -171,7 +171,7 @@ func run(o options) error {
 		return fmt.Errorf("region: %w", err)
 	}
 
-	routerSys, err := startRouter(dir, regionAddr, o.routerEnv, o.pin)
+	routerSys, err := startRouter(dir, "router", regionAddr, o.routerEnv, o.pin)
 	if err != nil {
 		return err
 	}
@@ -216,10 +216,13 @@ func run(o options) error {
 				return err
 			}
 			sr.Runs = append(sr.Runs, *d)
-			for _, name := range res.Systems[1:] {
+			// The router twice: the relay alone, and with the resume log
+			// that lets open streams move (its part reported apart).
+			names := slices.Concat([]string{"router", "router+resume"}, res.Systems[2:])
+			for _, name := range names {
 				var s *system
-				if name == "router" {
-					s, err = startRouter(dir, regionAddr, o.routerEnv, o.pin)
+				if strings.HasPrefix(name, "router") {
+					s, err = startRouter(dir, name, regionAddr, o.routerEnv, o.pin)
 				} else {
 					s, err = startPeer(dir, name, regionAddr, o.pin)
 				}
@@ -324,7 +327,13 @@ func pinned(pin bool, bin string, args ...string) (string, []string) {
 	return "taskset", append([]string{"-c", "1", bin}, args...)
 }
 
-func startRouter(dir, regionAddr string, env []string, pin bool) (*system, error) {
+// startRouter runs the router as benchmarked; name "router" has the
+// resume log off (the relay alone), "router+resume" the default 30 s.
+func startRouter(dir, name, regionAddr string, env []string, pin bool) (*system, error) {
+	resume := "0s"
+	if name == "router+resume" {
+		resume = "30s"
+	}
 	listen, admin := freeAddr(), freeAddr()
 	cfg := fmt.Sprintf(`# the router as benchmarked: one region, no keys, warnings only in the log
 listen: %q
@@ -333,9 +342,10 @@ log: {level: warn, format: json}
 auth: {disable: true}
 limits: {max_connections: 50000}
 timeouts: {stream_idle: 5m}
+retry: {resume_log: %s}
 regions:
   - {name: bench, url: "http://%s", location: {lat: 39.04, lon: -77.49}}
-`, listen, admin, regionAddr)
+`, listen, admin, resume, regionAddr)
 	path := filepath.Join(dir, "router.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -345,7 +355,7 @@ regions:
 	if err != nil {
 		return nil, err
 	}
-	return &system{name: "router", url: "http://" + listen, admin: "http://" + admin, pid: cmd.Process.Pid, cmd: cmd}, nil
+	return &system{name: name, url: "http://" + listen, admin: "http://" + admin, pid: cmd.Process.Pid, cmd: cmd}, nil
 }
 
 // startPeer runs nginx, haproxy or caddy from its config in bench/peers.
@@ -720,7 +730,15 @@ func machine() string {
 			peers = append(peers, strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
 		}
 	}
-	return fmt.Sprintf("%d CPUs (%s), %s %s/%s; %s", runtime.NumCPU(), model, runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(peers, "; "))
+	cpus := "?"
+	if data, err := os.ReadFile("/sys/devices/system/cpu/online"); err == nil {
+		cpus = strings.TrimSpace(string(data))
+	}
+	pin := ""
+	if os.Getenv("EARSHOT_BENCH_PINNED") != "" {
+		pin = ", pinned: each proxy on core 1, the region and the load on core 0"
+	}
+	return fmt.Sprintf("CPUs %s (%s)%s, %s %s/%s; %s", cpus, model, pin, runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(peers, "; "))
 }
 
 func write(dir string, res *results) error {
@@ -761,6 +779,9 @@ func markdown(w io.Writer, res *results) {
 		return fmt.Sprintf("%.2fx", a/b)
 	}
 	for _, mode := range []string{"rate", "saturation"} {
+		if find("direct", mode) == nil {
+			continue // not run
+		}
 		title := "HTTP, POST /v1/listen with 32 KiB, at a fixed rate"
 		if mode == "saturation" {
 			title = "HTTP, POST /v1/listen with 32 KiB, at saturation"
@@ -808,6 +829,19 @@ func markdown(w io.Writer, res *results) {
 			fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %.2f / %.2f | %+.2f / %+.2f | %.1f | %s | %s |\n", r.System,
 				r.Report.Succeeded, r.Report.Lost(), rss, cpu, r.Report.Relay.P50, r.Report.Relay.P99,
 				r.AddedP50, r.AddedP99, r.Report.Handshake.P99, vsRSS, vsCPU)
+		}
+		var relay, resume *StreamRun
+		for i := range sr.Runs {
+			switch sr.Runs[i].System {
+			case "router":
+				relay = &sr.Runs[i]
+			case "router+resume":
+				resume = &sr.Runs[i]
+			}
+		}
+		if relay != nil && resume != nil {
+			fmt.Fprintf(w, "\nThe resume log's part (router+resume minus router): %.1f KiB per stream, %+.3f cores per 1000 streams.\n",
+				(resume.RSSPerStream-relay.RSSPerStream)/1024, resume.CoresPer1000-relay.CoresPer1000)
 		}
 		fmt.Fprintln(w)
 	}

@@ -282,8 +282,11 @@ type exchange struct {
 	attempt  *failover.Attempt // the attempt whose answer the client gets
 	decision routing.Decision
 
-	candidates [routing.MaxRegions]*routing.Region // Select's buffer
-	regions    [routing.MaxRegions]*health.Region  // the candidates' health, for failover
+	// Select's buffer and the candidates' health, for failover: room for
+	// the usual few regions without allocating (more grow on the heap);
+	// small, as an exchange lives as long as its stream.
+	candidates [8]*routing.Region
+	regions    [8]*health.Region
 	key        *auth.Key                           // the client's key, when auth is on
 
 	status   int
@@ -292,6 +295,7 @@ type exchange struct {
 	err      error
 
 	stream                   bool
+	relayed                  bool          // a stream handed to its own goroutines: ServeHTTP's end is not the stream's
 	firstByte                time.Duration // see Record.FirstByte
 	clientClose, regionClose int
 }
@@ -343,7 +347,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if stream {
-			defer x.key.CloseStream()
+			defer func() {
+				if !x.relayed {
+					x.key.CloseStream()
+				}
+			}()
 		}
 	}
 	if stream {

@@ -52,6 +52,16 @@ var wsSkipHeaders = map[string]bool{
 	"Authorization": true, // the client's key stays at the edge
 }
 
+// Read buffers live as long as their stream (gorilla has no pool for
+// them). A client's audio messages (100 ms of 16 kHz linear16 is 3,200
+// bytes) are read past the buffer straight into the relay's, so a small
+// one costs a second read call per message, not a copy; a region's
+// messages (results, a few hundred bytes of JSON) mostly fit in one.
+const (
+	clientReadBuffer = 1024
+	regionReadBuffer = 1024
+)
+
 func (s *wsRelay) init(h *Handler) {
 	s.h = h
 	// Write buffers are pooled: an idle stream holds none.
@@ -60,15 +70,16 @@ func (s *wsRelay) init(h *Handler) {
 		Proxy:            http.ProxyFromEnvironment,
 		NetDialContext:   (&net.Dialer{Timeout: h.opts.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
 		HandshakeTimeout: h.opts.HandshakeTimeout,
-		ReadBufferSize:   4096,
+		ReadBufferSize:   regionReadBuffer,
 		WriteBufferSize:  4096,
 		WriteBufferPool:  pool,
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: h.opts.HandshakeTimeout,
-		// 0: read with the buffer net/http already has for the connection
-		// (4 KiB) instead of allocating another per stream.
-		ReadBufferSize:  0,
+		// Not 0, which would read with net/http's buffer for the
+		// connection: that reads through net/http's connection, whose
+		// buffers (8 KiB) and state would then live as long as the stream.
+		ReadBufferSize:  clientReadBuffer,
 		WriteBufferSize: 4096,
 		WriteBufferPool: pool,
 		// Deepgram's API is called from any origin: keys, not cookies,
@@ -85,12 +96,27 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 		s.h.reject(w, r, x, e)
 		return
 	}
+	// The stream outlives this handler (see relay): its context is the
+	// request's until the upgrade, then its own.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	stopFollowing := context.AfterFunc(r.Context(), cancel)
+	r = r.WithContext(ctx)
+	defer func() {
+		if !x.relayed {
+			stopFollowing()
+			cancel()
+		}
+	}()
 	run, apiErr := s.h.decide(r, x, nil, x.start)
 	if apiErr != nil {
 		s.h.reject(w, r, x, apiErr)
 		return
 	}
-	defer run.End()
+	defer func() {
+		if !x.relayed {
+			run.End()
+		}
+	}()
 	offered := websocket.Subprotocols(r)
 
 	won, lost := s.connect(r, x, run)
@@ -133,8 +159,31 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.status = http.StatusSwitchingProtocols
 	x.firstByte = time.Since(x.start)
 
+	// From here the stream lives in goroutines of its own: this handler
+	// returns, and net/http lets go of the connection's buffers and of
+	// its goroutine's stack, grown deep by the handshake.
+	stopFollowing()
+	x.relayed = true
 	st := newStream(s.h, r, x, clientConn, &leg{conn: upConn, a: won.a, name: up.Name})
-	if s.h.track(st) {
+	tracked := s.h.track(st)
+	go s.relay(st, r, x, run, cancel, tracked)
+}
+
+// relay runs a stream to its end, then settles it: its regions, its
+// client key's stream, the access log line.
+func (s *wsRelay) relay(st *stream, r *http.Request, x *exchange, run *failover.Run, cancel context.CancelFunc, tracked bool) {
+	defer cancel()
+	defer func() {
+		if v := recover(); v != nil {
+			s.h.log.Error("panic in stream", zap.String("request_id", x.id), zap.Any("panic", v), zap.StackSkip("stack", 1))
+			_ = st.client.Close()
+			_ = st.leg().conn.Close()
+		}
+	}()
+	if x.key != nil {
+		defer x.key.CloseStream()
+	}
+	if tracked {
 		st.run()
 		s.h.untrack(st)
 	} else {
@@ -147,7 +196,7 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	x.bytesOut = st.down.bytes
 	x.clientClose, x.regionClose = int(st.clientClose.Load()), int(st.regionClose.Load())
 	run.End()
-	s.h.logAccess(r, x, up,
+	s.h.logAccess(r, x, x.up,
 		zap.Int("client_close", x.clientClose),
 		zap.Int("region_close", x.regionClose),
 		zap.Int64("messages_in", st.up.messages),
