@@ -287,7 +287,7 @@ type exchange struct {
 	// small, as an exchange lives as long as its stream.
 	candidates [8]*routing.Region
 	regions    [8]*health.Region
-	key        *auth.Key                           // the client's key, when auth is on
+	key        *auth.Key // the client's key, when auth is on
 
 	status   int
 	bytesIn  atomic.Int64 // the request body may be read by the transport's goroutine
