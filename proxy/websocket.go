@@ -170,39 +170,40 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 }
 
 // relay runs a stream to its end, then settles it: its regions, its
-// client key's stream, the access log line.
+// client key's stream, the access log line. A panic in the relay is
+// logged and ends the stream; it is settled all the same.
 func (s *wsRelay) relay(st *stream, r *http.Request, x *exchange, run *failover.Run, cancel context.CancelFunc, tracked bool) {
 	defer cancel()
+	if x.key != nil {
+		defer x.key.CloseStream()
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			s.h.log.Error("panic in stream", zap.String("request_id", x.id), zap.Any("panic", v), zap.StackSkip("stack", 1))
 			_ = st.client.Close()
 			_ = st.leg().conn.Close()
 		}
+		if tracked {
+			s.h.untrack(st)
+		}
+		st.finish()
+		x.bytesIn.Store(st.up.bytes)
+		x.bytesOut = st.down.bytes
+		x.clientClose, x.regionClose = int(st.clientClose.Load()), int(st.regionClose.Load())
+		run.End()
+		s.h.logAccess(r, x, x.up,
+			zap.Int("client_close", x.clientClose),
+			zap.Int("region_close", x.regionClose),
+			zap.Int64("messages_in", st.up.messages),
+			zap.Int64("messages_out", st.down.messages),
+			zap.String("regions", st.regionNames()),
+		)
 	}()
-	if x.key != nil {
-		defer x.key.CloseStream()
-	}
-	if tracked {
-		st.run()
-		s.h.untrack(st)
-	} else {
+	if !tracked {
 		// Shutdown began during the handshake: end the stream at once.
 		st.goAway("router shutting down")
-		st.run()
 	}
-	st.finish()
-	x.bytesIn.Store(st.up.bytes)
-	x.bytesOut = st.down.bytes
-	x.clientClose, x.regionClose = int(st.clientClose.Load()), int(st.regionClose.Load())
-	run.End()
-	s.h.logAccess(r, x, x.up,
-		zap.Int("client_close", x.clientClose),
-		zap.Int("region_close", x.regionClose),
-		zap.Int64("messages_in", st.up.messages),
-		zap.Int64("messages_out", st.down.messages),
-		zap.String("regions", st.regionNames()),
-	)
+	st.run()
 }
 
 // reconnect opens a new leg for a stream that lost its region: routing
