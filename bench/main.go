@@ -36,6 +36,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,13 +86,19 @@ func main() {
 	flag.DurationVar(&o.streamRamp, "stream-ramp", 20*time.Second, "how long opening the streams takes")
 	flag.BoolVar(&o.skipHTTP, "skip-http", false, "skip the HTTP part")
 	flag.BoolVar(&o.skipStreams, "skip-streams", false, "skip the streaming part")
-	flag.StringVar(&peers, "peers", "nginx,haproxy,caddy", "proxies to compare, each when installed")
+	flag.StringVar(&peers, "peers", "nginx,haproxy,caddy,httputil", "proxies to compare, each when installed (httputil: Go's plain reverse proxy)")
 	flag.StringVar(&audioFile, "audio-file", "", "write the 32 KiB audio body to this file and exit")
 	var routerEnv string
 	flag.StringVar(&routerEnv, "router-env", "", "extra environment for the router, e.g. GOGC=50,GOMEMLIMIT=200MiB")
 	flag.StringVar(&o.profile, "profile", "", "save a CPU profile of the router during its first saturation attack to this file")
 	flag.BoolVar(&o.pin, "pin", runtime.NumCPU() >= 2, "run each proxy on core 1 and everything else on core 0 (taskset)")
+	plain := flag.String("plain-proxy", "", "serve a plain httputil.ReverseProxy on this address (the harness's httputil peer)")
+	plainUpstream := flag.String("plain-upstream", "", "the region for -plain-proxy")
 	flag.Parse()
+	if *plain != "" {
+		target := &url.URL{Scheme: "http", Host: *plainUpstream}
+		fail(http.ListenAndServe(*plain, httputil.NewSingleHostReverseProxy(target)))
+	}
 	if o.pin && os.Getenv("EARSHOT_BENCH_PINNED") == "" {
 		// Again, on core 0: the load generator and the region (started
 		// from here) stay off the proxies' core.
@@ -361,6 +369,20 @@ regions:
 // startPeer runs nginx, haproxy or caddy from its config in bench/peers.
 func startPeer(dir, name, regionAddr string, pin bool) (*system, error) {
 	listen := freeAddr()
+	if name == "httputil" {
+		// Go's own reverse proxy, from this binary: what net/http costs
+		// before anything the router does.
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		bin, args := pinned(pin, self, "-plain-proxy", listen, "-plain-upstream", regionAddr)
+		cmd, err := start(dir, name, bin, args...)
+		if err != nil {
+			return nil, err
+		}
+		return &system{name: name, url: "http://" + listen, pid: cmd.Process.Pid, cmd: cmd}, nil
+	}
 	conf := map[string]string{"nginx": "nginx.conf", "haproxy": "haproxy.cfg", "caddy": "Caddyfile"}[name]
 	if conf == "" {
 		return nil, fmt.Errorf("unknown peer")
