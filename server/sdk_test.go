@@ -2,12 +2,14 @@ package server
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -472,5 +474,50 @@ func TestSDKStreamSurvivesRegionKill(t *testing.T) {
 	}
 	if mv := e.r.srv.proxy.Resumes().Moves[proxy.ResumeKey{From: "us-east", To: "us-west", Result: "ok"}]; mv != 1 {
 		t.Errorf("moves %v, want the stream moved once", e.r.srv.proxy.Resumes().Moves)
+	}
+}
+
+// TestSDKLiveStreamHearsRealAudio: the Go SDK streaming sound that is not
+// the simulation's word encoding (a 440 Hz tone with noise, as from a
+// microphone) through the router gets what Deepgram sends for audio with
+// no speech: empty results, on one connection. It used to be closed 1008
+// DATA-0000 after its first chunk, and the SDK reconnected dozens of times
+// a second.
+func TestSDKLiveStreamHearsRealAudio(t *testing.T) {
+	sdkEnv(t)
+	r := startRouter(t, simRegions(""))
+	pcm := make([]byte, 2*16000*5/2) // 2.5 s of linear16
+	seed := uint32(1)
+	for i := 0; i < len(pcm)/2; i++ {
+		seed = seed*1664525 + 1013904223
+		v := 6000*math.Sin(2*math.Pi*440*float64(i)/16000) + float64(int32(seed>>16)%400-200)
+		binary.LittleEndian.PutUint16(pcm[2*i:], uint16(int16(v)))
+	}
+	ev := newLiveEvents()
+	dg, err := listen.NewWSUsingCallback(t.Context(), "test-key", &interfaces.ClientOptions{Host: "ws://" + r.api},
+		&interfaces.LiveTranscriptionOptions{Model: "nova-3", Encoding: "linear16", SampleRate: 16000, Channels: 1,
+			InterimResults: true, Endpointing: "300"}, ev)
+	if err != nil {
+		t.Fatalf("NewWSUsingCallback: %v", err)
+	}
+	if !dg.Connect() {
+		t.Fatal("Connect failed")
+	}
+	if err := dg.Stream(bytes.NewReader(pcm)); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatalf("Stream: %v", err)
+	}
+	waitFor(t, "an empty final for the tone", func() bool {
+		_, _, results, _ := ev.snapshot()
+		return slices.ContainsFunc(results, func(m msginterfaces.MessageResponse) bool { return m.IsFinal })
+	})
+	dg.Stop()
+	opens, closes, results, errs := ev.snapshot()
+	if opens != 1 || closes != 1 || len(errs) != 0 {
+		t.Errorf("opens %d, closes %d, errors %+v; want one connection and no error", opens, closes, errs)
+	}
+	for _, m := range results {
+		if len(m.Channel.Alternatives) == 0 || m.Channel.Alternatives[0].Transcript != "" {
+			t.Errorf("result %s: want an empty transcript for a tone", resultLine(m))
+		}
 	}
 }
