@@ -76,6 +76,23 @@ func TestProducts(t *testing.T) {
 		!strings.Contains(err.Error(), "url") {
 		t.Errorf("a region with neither url nor products: %v", err)
 	}
+
+	// A region with products only: its headers are checked and read as any
+	// region's, and go to its products.
+	t.Setenv("EARSHOT_TEST_PRODUCT_KEY", "wk-products")
+	only := "auth: {disable: true}\nregions:\n  - name: a\n    location: {lat: 1, lon: 1}\n    products: {flux: {url: https://f}}\n    headers: "
+	c, err = Parse("test.yaml", []byte(only+"{Modal-Key: {env: EARSHOT_TEST_PRODUCT_KEY}}\n"))
+	if err != nil || c.Deployments()[0].UpstreamHeader().Get("Modal-Key") != "wk-products" {
+		t.Errorf("a products-only region's headers: %v, %v", err, c.Deployments())
+	}
+	for headers, want := range map[string]string{
+		"{Host: evil.example}":                  "regions[0].headers.Host: Host is set by the router",
+		"{Modal-Key: {env: EARSHOT_TEST_UNSET}}": "regions[0].headers.Modal-Key: environment variable EARSHOT_TEST_UNSET is not set",
+	} {
+		if _, err := Parse("test.yaml", []byte(only+headers+"\n")); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("products-only region with headers %s: %v, want %q", headers, err, want)
+		}
+	}
 }
 
 // TestRegionsFileProducts: the deployer's regions file carries each
@@ -129,5 +146,11 @@ regions:
 	}
 	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "regions[0].products.flux: url \"ftp://x\"") {
 		t.Errorf("a bad product URL in the regions file: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "deployed.yaml"), []byte("regions:\n  - {name: us-east, products: {Flux: {url: https://x}}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "regions_file") || !strings.Contains(err.Error(), `"Flux" is not a product`) {
+		t.Errorf("an unknown product in the regions file: %v, want it blamed on the regions file", err)
 	}
 }

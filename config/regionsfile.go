@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -113,6 +114,9 @@ func (c *Config) overlayRegions() error {
 			}
 		}
 		for name, p := range d.Products {
+			if !slices.Contains(ProductNames, name) {
+				return c.errorf("regions_file", "%s.products.%s: %q is not a product (want one of %s)", where, name, name, strings.Join(ProductNames, ", "))
+			}
 			if err := checkDeployed(p.URL, p.Capacity); err != nil {
 				return c.errorf("regions_file", "%s.products.%s: %v", where, name, err)
 			}

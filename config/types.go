@@ -179,12 +179,36 @@ func (r *Region) validate() error {
 		if r.Sim != nil {
 			return ferr("sim", "a region without a url takes no sim options (give them to its products)")
 		}
+		if r.Capacity != 0 {
+			return ferr("capacity", "a region without a url has no capacity of its own (give it to its products)")
+		}
+		if err := r.validateHeaders(); err != nil { // its products are sent them
+			return err
+		}
 		return r.validateProducts()
 	}
 	if err := r.validateEndpoint(); err != nil {
 		return err
 	}
 	return r.validateProducts()
+}
+
+// validateHeaders checks the headers' names and reads their values.
+func (r *Region) validateHeaders() error {
+	for name, s := range r.Headers {
+		field := "headers." + name
+		if !tokenRE.MatchString(name) {
+			return ferr(field, "%q is not a valid header name", name)
+		}
+		if reservedHeaders[http.CanonicalHeaderKey(name)] {
+			return ferr(field, "%s is set by the router", name)
+		}
+		if err := s.resolve(); err != nil {
+			return ferr(field, "%v", err)
+		}
+		r.Headers[name] = s
+	}
+	return nil
 }
 
 // validateProducts checks each product as a deployment of its own.
@@ -296,18 +320,8 @@ func (r *Region) validateEndpoint() error {
 	if r.Capacity < 0 {
 		return ferr("capacity", "must not be negative")
 	}
-	for name, s := range r.Headers {
-		field := "headers." + name
-		if !tokenRE.MatchString(name) {
-			return ferr(field, "%q is not a valid header name", name)
-		}
-		if reservedHeaders[http.CanonicalHeaderKey(name)] {
-			return ferr(field, "%s is set by the router", name)
-		}
-		if err := s.resolve(); err != nil {
-			return ferr(field, "%v", err)
-		}
-		r.Headers[name] = s
+	if err := r.validateHeaders(); err != nil {
+		return err
 	}
 	if s := r.Sim; s != nil {
 		if s.FullStatus != 503 && s.FullStatus != 429 {
