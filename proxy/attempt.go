@@ -47,6 +47,8 @@ func (h *Handler) decide(r *http.Request, x *exchange, exclude map[string]bool, 
 	}
 	d, err := x.snap.Table.Select(x.candidates[:0], q)
 	switch {
+	case errors.Is(err, routing.ErrNotServed) && q.Override == "":
+		return nil, &apiError{http.StatusNotFound, codeNotFound, "The path " + r.URL.Path + " is not served here: " + err.Error() + "."}
 	case errors.Is(err, routing.ErrNotAllowed):
 		return nil, &apiError{http.StatusForbidden, codeRegionNotAllowed, err.Error() + "."}
 	case err != nil:

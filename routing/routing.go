@@ -325,6 +325,11 @@ func (t *Table) Select(dst []*Region, q Query) (Decision, error) {
 
 	base := len(dst)
 	var taken uint64
+	if allowed&serves == 0 {
+		// Nothing the client may use has a deployment for this: not a
+		// matter of load, so not a 503 to retry.
+		return d, fmt.Errorf("%w %s: no region this client may use has a deployment for it", ErrNotServed, q.Product.describe())
+	}
 	allowed &= serves
 	take := func(i int) {
 		if taken&(1<<i) == 0 && allowed&(1<<i) != 0 {

@@ -620,3 +620,27 @@ func TestProductOf(t *testing.T) {
 		}
 	}
 }
+
+// TestSelectNothingServes: when no region the client may use has a
+// deployment for the product, Select says so (not a full region to retry).
+func TestSelectNothingServes(t *testing.T) {
+	var regions []*Region
+	for _, r := range []*Region{
+		{Name: "eu-west/flux", Group: "eu-west", Product: Flux, Location: Location{53, -6}},
+		{Name: "us-east", Location: Location{39, -77}},
+	} {
+		r.Load = &stubLoad{}
+		regions = append(regions, r)
+	}
+	tab, err := NewTable(regions, Options{Residency: []Rule{{Name: "gdpr", Countries: []string{"FR"}, Regions: []string{"eu-west"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr := Place{Country: "FR", Continent: "EU", Lat: 48.9, Lon: 2.35, Located: true}
+	if _, err := tab.Select(nil, Query{Place: fr, Product: Speak}); !errors.Is(err, ErrNotServed) {
+		t.Errorf("speak under a rule whose region has only Flux: %v, want ErrNotServed", err)
+	}
+	if d, err := tab.Select(nil, Query{Place: fr, Product: Flux}); err != nil || len(d.Candidates) != 1 {
+		t.Errorf("flux under the rule: %v %v", d.Candidates, err)
+	}
+}
