@@ -1039,6 +1039,12 @@ func (st *stream) copyMessage(dst *websocket.Conn, mt int, src io.Reader, stats 
 	n, err := copyReads(w, tag)
 	tag.r = nil
 	if err != nil {
+		if isReadErr(err) {
+			// The message never arrived whole (the client went, or it
+			// passed the size limit): nothing completes it toward the
+			// other side, which hears only the close that follows.
+			return err
+		}
 		_ = w.Close()
 		return err
 	}

@@ -163,9 +163,9 @@ func (s *wsRelay) serve(w http.ResponseWriter, r *http.Request, x *exchange) {
 	// returns, and net/http lets go of the connection's buffers and of
 	// its goroutine's stack, grown deep by the handshake.
 	stopFollowing()
-	x.relayed = true
 	st := newStream(s.h, r, x, clientConn, &leg{conn: upConn, a: won.a, name: up.Name})
 	tracked := s.h.track(st)
+	x.relayed = true
 	go s.relay(st, r, x, run, cancel, tracked)
 }
 
@@ -183,9 +183,6 @@ func (s *wsRelay) relay(st *stream, r *http.Request, x *exchange, run *failover.
 			_ = st.client.Close()
 			_ = st.leg().conn.Close()
 		}
-		if tracked {
-			s.h.untrack(st)
-		}
 		st.finish()
 		x.bytesIn.Store(st.up.bytes)
 		x.bytesOut = st.down.bytes
@@ -198,6 +195,9 @@ func (s *wsRelay) relay(st *stream, r *http.Request, x *exchange, run *failover.
 			zap.Int64("messages_out", st.down.messages),
 			zap.String("regions", st.regionNames()),
 		)
+		if tracked {
+			s.h.untrack(st) // last: Shutdown returns once every stream is settled and logged
+		}
 	}()
 	if !tracked {
 		// Shutdown began during the handshake: end the stream at once.

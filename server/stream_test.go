@@ -423,23 +423,32 @@ func TestClientDropWithoutCloseStreamClosesRegion(t *testing.T) {
 	}
 }
 
+// TestOversizedMessageCloses1009: a client message over the limit closes
+// the stream 1009, and the region hears only the close, never part of the
+// message passed off as whole (a stream that can move reads messages whole;
+// one that cannot, speak or agent, copies them through).
 func TestOversizedMessageCloses1009(t *testing.T) {
-	p := newPeer()
-	r := startPeer(t, p)
-	c, _, err := websocket.DefaultDialer.Dial(r.ws("/v1/listen"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.WriteMessage(websocket.BinaryMessage, make([]byte, 65*1024))
-	_, _, err = c.ReadMessage()
-	var ce *websocket.CloseError
-	if !errors.As(err, &ce) || ce.Code != websocket.CloseMessageTooBig {
-		t.Errorf("read after an oversized message: %v, want close 1009", err)
-	}
-	recv(t, p.done, "the region to be closed")
-	if got := p.seen(); len(got) == 0 || !strings.HasPrefix(got[len(got)-1], "close:1001") {
-		t.Errorf("region saw %v, want a 1001 close", got)
+	for _, path := range []string{"/v1/listen", "/v1/agent/converse"} {
+		t.Run(path, func(t *testing.T) {
+			p := newPeer()
+			r := startPeer(t, p)
+			c, _, err := websocket.DefaultDialer.Dial(r.ws(path), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.WriteMessage(websocket.BinaryMessage, make([]byte, 65*1024))
+			_, _, err = c.ReadMessage()
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.CloseMessageTooBig {
+				t.Errorf("read after an oversized message: %v, want close 1009", err)
+			}
+			recv(t, p.done, "the region to be closed")
+			got := p.seen()
+			if len(got) != 1 || !strings.HasPrefix(got[0], "close:1001") {
+				t.Errorf("region saw %d events (last %.40q), want only a 1001 close", len(got), got[max(0, len(got)-1)])
+			}
+		})
 	}
 }
 
