@@ -20,7 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
+	"regexp"
 	"sync"
 	"syscall"
 	"time"
@@ -120,6 +120,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	return srv.Run(ctx)
 }
 
+// goRunBinary is where go run builds a program: a temporary go-build
+// directory's b001/exe/NAME.
+var goRunBinary = regexp.MustCompile(`/go-build[0-9]+/b[0-9]+/exe/[^/]+$`)
+
 // endWithGoRun makes a router started by `go run` stop, as on SIGTERM,
 // when the go command that started it ends: go run does not pass SIGTERM
 // on to the program, so stopping it by its PID would leave the router
@@ -129,10 +133,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 func endWithGoRun(ctx context.Context, log *zap.Logger) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
 	exe, err := os.Executable()
-	if err != nil || !strings.Contains(exe, string(filepath.Separator)+"go-build") {
+	if err != nil || !goRunBinary.MatchString(filepath.ToSlash(exe)) {
 		return ctx, cancel
 	}
 	parent := os.Getppid()
+	if parent == 1 { // the go command is already gone
+		log.Info("the go run that started the router has ended: stopping")
+		cancel()
+		return ctx, cancel
+	}
 	go func() {
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()

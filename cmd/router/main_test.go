@@ -271,3 +271,16 @@ func freeAddr(t *testing.T) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+func TestGoRunBinary(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/tmp/go-build2718064049/b001/exe/router": true,
+		"/root/.cache/go-build123/b041/exe/x":     true,
+		"/home/u/src/go-build-x/bin/router":       false,
+		"/usr/local/bin/router":                   false,
+	} {
+		if got := goRunBinary.MatchString(path); got != want {
+			t.Errorf("%s: %v, want %v", path, got, want)
+		}
+	}
+}

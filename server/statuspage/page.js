@@ -33,11 +33,15 @@ function banner(msg) {
   b.textContent = msg || "";
 }
 
+// Where each region's deployment was drawn, for the flows to end there.
+const dots = new Map();
+
 function renderRegions(regions) {
   const g = document.getElementById("regions");
   const tbody = document.querySelector("#regions-table tbody");
   g.replaceChildren();
   tbody.replaceChildren();
+  dots.clear();
   const labelled = new Set();
   const products = new Map(); // a region's product deployments drawn so far
   for (const r of regions) {
@@ -46,6 +50,7 @@ function renderRegions(regions) {
     const region = r.region || r.name, k = products.get(region) || 0;
     products.set(region, k + 1);
     const cx = x(r.location.lon) + 5 * k, cy = y(r.location.lat);
+    dots.set(r.name, { cx, cy });
     const label = labelled.has(region) ? [] : [el("svg:text", { x: cx + 3.5, y: cy - 2.5, text: region })];
     labelled.add(region);
     const load = r.capacity > 0 ? r.in_flight / r.capacity : 0;
@@ -87,10 +92,11 @@ function renderFlows(flows, regions, windowSeconds) {
     if (!f.located || !to) continue;
     // From where the clients were (to the degree) when the router knew,
     // else from their country's middle.
-    const x1 = x(f.lon), y1 = y(f.lat), y2 = y(to.lat);
+    const dot = dots.get(f.region) || { cx: x(to.lon), cy: y(to.lat) };
+    const x1 = x(f.lon), y1 = y(f.lat), y2 = dot.cy;
     // The short way: across the antimeridian the arc leaves one edge of the
     // map and comes back in at the other, drawn once on each side.
-    let x2 = x(to.lon);
+    let x2 = dot.cx;
     if (x2 - x1 > 180) x2 -= 360;
     else if (x1 - x2 > 180) x2 += 360;
     // A curve bowed away from the equator, so flows are told apart from coasts.
