@@ -86,7 +86,7 @@ func TestProducts(t *testing.T) {
 		t.Errorf("a products-only region's headers: %v, %v", err, c.Deployments())
 	}
 	for headers, want := range map[string]string{
-		"{Host: evil.example}":                  "regions[0].headers.Host: Host is set by the router",
+		"{Host: evil.example}":                   "regions[0].headers.Host: Host is set by the router",
 		"{Modal-Key: {env: EARSHOT_TEST_UNSET}}": "regions[0].headers.Modal-Key: environment variable EARSHOT_TEST_UNSET is not set",
 	} {
 		if _, err := Parse("test.yaml", []byte(only+headers+"\n")); err == nil || !strings.Contains(err.Error(), want) {
