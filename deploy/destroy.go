@@ -11,6 +11,27 @@ import (
 	"github.com/earshot/earshot/config"
 )
 
+// deployedNames are the deployments the regions file lists: REGION, and
+// REGION/PRODUCT for each of its products.
+func (d *Deployer) deployedNames() []string {
+	rf, _, err := config.ReadRegionsFile(d.Config.RegionsFilePath())
+	if err != nil || d.Config.RegionsFilePath() == "" {
+		return nil
+	}
+	var out []string
+	for _, r := range rf.Regions {
+		if r.URL != "" {
+			out = append(out, r.Name)
+		}
+		for _, p := range config.ProductNames {
+			if _, ok := r.Products[p]; ok {
+				out = append(out, r.Name+"/"+p)
+			}
+		}
+	}
+	return out
+}
+
 // Destroy stops the Modal apps of name: a region's (its main app and its
 // products') or, with REGION/PRODUCT, one product's; and takes them out of
 // the regions file. Unless yes, it asks on in for the app names to be typed
@@ -19,6 +40,13 @@ import (
 // are gone.
 func (d *Deployer) Destroy(ctx context.Context, name string, yes bool, in io.Reader) error {
 	deps, err := d.regions([]string{name})
+	// What the regions file says was deployed counts too: a product taken
+	// out of deploy.products may still run, and must be stoppable.
+	for _, dep := range d.deployedNames() {
+		if (dep == name || strings.HasPrefix(dep, name+"/")) && !slices.Contains(deps, dep) {
+			deps, err = append(deps, dep), nil
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -204,3 +204,39 @@ func TestApplyProducts(t *testing.T) {
 	}
 	pyCompile(t, filepath.Join(tb.d.workdir(), "us-east", "flux", "app.py"))
 }
+
+// TestDestroyOrphanProduct: a product taken out of deploy.products while
+// its app runs (the regions file still lists it) can still be destroyed,
+// alone or with its region.
+func TestDestroyOrphanProduct(t *testing.T) {
+	tb := newTestbed(t, testConfig)
+	if err := os.WriteFile(tb.d.Config.RegionsFilePath(), []byte("regions:\n  - {name: us-east, url: https://us.modal.direct, products: {flux: {url: https://f.modal.direct}}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.d.Destroy(context.Background(), "us-east/flux", true, nil); err != nil {
+		t.Fatalf("destroy of a product no longer configured: %v", err)
+	}
+	rf, _, _ := config.ReadRegionsFile(tb.d.Config.RegionsFilePath())
+	if len(rf.Regions) != 1 || len(rf.Regions[0].Products) != 0 || rf.Regions[0].URL == "" {
+		t.Errorf("regions file after destroying the orphan: %+v", rf.Regions)
+	}
+	calls := tb.calls()
+	if got := strings.Join(calls[len(calls)-1].Args, " "); got != "app stop earshot-us-east-flux --yes -e staging" {
+		t.Errorf("ran %q", got)
+	}
+	// With its region: both apps.
+	if err := os.WriteFile(tb.d.Config.RegionsFilePath(), []byte("regions:\n  - {name: us-east, url: https://us.modal.direct, products: {flux: {url: https://f.modal.direct}}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.d.Destroy(context.Background(), "us-east", true, nil); err != nil {
+		t.Fatal(err)
+	}
+	calls = tb.calls()
+	var stops []string
+	for _, c := range calls[len(calls)-2:] {
+		stops = append(stops, c.Args[2])
+	}
+	if strings.Join(stops, " ") != "earshot-us-east earshot-us-east-flux" {
+		t.Errorf("destroying us-east stopped %v", stops)
+	}
+}
