@@ -266,13 +266,12 @@ func resultsRegion() *httptest.Server {
 	}))
 }
 
-// BenchmarkStreamRelayResume is StreamRelay against an engine that answers
-// with results, with the resume log off and on in the same run: what
-// keeping a stream movable costs each message.
-func BenchmarkStreamRelayResume(b *testing.B) {
+// withResumeLog runs bench as sub-benchmarks "log-off" and "log-on" (30 s),
+// each given the stream URL of a router in front of an engine that
+// answers with results.
+func withResumeLog(b *testing.B, bench func(b *testing.B, url string)) {
 	region := resultsRegion()
 	defer region.Close()
-	frame := bytes.Repeat([]byte{7}, 3200)
 	for _, tc := range []struct {
 		name string
 		log  time.Duration
@@ -282,40 +281,37 @@ func BenchmarkStreamRelayResume(b *testing.B) {
 				o.ResumeLog = tc.log
 				o.Retry = RetryOptions{Policy: failover.Policy{Attempts: 3, Deadline: time.Minute}}
 			})
-			c := roundTrips(b, strings.Replace(router.URL, "http", "ws", 1)+"/v1/listen?encoding=linear16&sample_rate=16000", frame)
-			c.Close()
+			bench(b, strings.Replace(router.URL, "http", "ws", 1)+"/v1/listen?encoding=linear16&sample_rate=16000")
 		})
 	}
+}
+
+// BenchmarkStreamRelayResume is StreamRelay against an engine that answers
+// with results, with the resume log off and on in the same run: what
+// keeping a stream movable costs each message.
+func BenchmarkStreamRelayResume(b *testing.B) {
+	frame := bytes.Repeat([]byte{7}, 3200)
+	withResumeLog(b, func(b *testing.B, url string) {
+		roundTrips(b, url, frame).Close()
+	})
 }
 
 // BenchmarkStreamsHeldResume is what an open stream holds with the resume
 // log off and on, after half a second of audio with no final yet (the log
 // then holds that half second): run it with -benchtime=1000x.
 func BenchmarkStreamsHeldResume(b *testing.B) {
-	region := resultsRegion()
-	defer region.Close()
 	frame := bytes.Repeat([]byte{7}, 3200)
-	for _, tc := range []struct {
-		name string
-		log  time.Duration
-	}{{"log-off", 0}, {"log-on", 30 * time.Second}} {
-		b.Run(tc.name, func(b *testing.B) {
-			_, router := newTestProxy(b, region.URL, 0, func(o *Options) {
-				o.ResumeLog = tc.log
-				o.Retry = RetryOptions{Policy: failover.Policy{Attempts: 3, Deadline: time.Minute}}
-			})
-			url := strings.Replace(router.URL, "http", "ws", 1) + "/v1/listen?encoding=linear16&sample_rate=16000"
-			holdStreams(b, url, func(c *websocket.Conn) error {
-				for range 5 {
-					if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
-						return err
-					}
-					if _, _, err := c.ReadMessage(); err != nil {
-						return err
-					}
+	withResumeLog(b, func(b *testing.B, url string) {
+		holdStreams(b, url, func(c *websocket.Conn) error {
+			for range 5 {
+				if err := c.WriteMessage(websocket.BinaryMessage, frame); err != nil {
+					return err
 				}
-				return nil
-			})
+				if _, _, err := c.ReadMessage(); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
-	}
+	})
 }
