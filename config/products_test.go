@@ -33,18 +33,13 @@ func TestProducts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, d := range c.Deployments() {
-		got = append(got, d.Name+" "+d.Group+" "+d.Product+" "+d.URL)
-	}
-	want := []string{
+	if !deploymentsAre(t, c, func(d Region) string { return d.Name + " " + d.Group + " " + d.Product + " " + d.URL },
 		"us-east us-east  https://acme--earshot-us-east.us-east.modal.direct",
 		"us-east/flux us-east flux https://acme--earshot-us-east-flux.us-east.modal.direct",
 		"us-east/speak us-east speak sim://us-east-speak",
 		"ap-south/flux ap-south flux https://acme--earshot-ap-south-flux.ap-south.modal.direct",
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Fatalf("deployments:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	) {
+		t.FailNow()
 	}
 	d := c.Deployments()
 	if h := d[2].UpstreamHeader(); h.Get("Modal-Key") != "wk-1" || h.Get("Modal-Secret") != "ws-speak" {
@@ -123,23 +118,18 @@ regions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
 	for _, d := range c.Deployments() {
-		got = append(got, d.Name+" "+d.URL+" "+d.UpstreamHeader().Get("Modal-Key"))
 		if d.Name == "us-east/flux" && d.Capacity != 8 || d.Name == "us-east/agent" && d.Capacity != 4 || d.Name == "us-east" && d.Capacity != 32 {
 			t.Errorf("%s capacity %d", d.Name, d.Capacity)
 		}
 	}
-	want := []string{
+	deploymentsAre(t, c, func(d Region) string { return d.Name + " " + d.URL + " " + d.UpstreamHeader().Get("Modal-Key") },
 		"us-east https://new-main.modal.direct wk-1",
 		"us-east/flux https://new-flux.modal.direct wk-1",
 		"us-east/speak sim://us-east-speak wk-1",
 		"us-east/agent https://new-agent.modal.direct wk-1",
 		"ap-south/flux https://new-ap-flux.modal.direct ",
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("deployments:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
+	)
 
 	if err := os.WriteFile(filepath.Join(dir, "deployed.yaml"), []byte("regions:\n  - {name: us-east, products: {flux: {url: ftp://x}}}\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -153,4 +143,19 @@ regions:
 	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "regions_file") || !strings.Contains(err.Error(), `"Flux" is not a product`) {
 		t.Errorf("an unknown product in the regions file: %v, want it blamed on the regions file", err)
 	}
+}
+
+// deploymentsAre checks c's deployments, each described by line, against
+// want in order, and reports whether they matched.
+func deploymentsAre(t *testing.T, c *Config, line func(Region) string, want ...string) bool {
+	t.Helper()
+	var got []string
+	for _, d := range c.Deployments() {
+		got = append(got, line(d))
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("deployments:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		return false
+	}
+	return true
 }
