@@ -194,12 +194,7 @@ func TestApplyProducts(t *testing.T) {
 	if err := tb.d.Destroy(context.Background(), "eu-west", true, nil); err != nil {
 		t.Fatal(err)
 	}
-	calls = tb.calls()
-	var stops []string
-	for _, c := range calls[len(calls)-2:] {
-		stops = append(stops, c.Args[2])
-	}
-	if strings.Join(stops, " ") != "earshot-eu-west earshot-eu-west-flux" {
+	if stops := tb.lastStops(2); stops != "earshot-eu-west earshot-eu-west-flux" {
 		t.Errorf("destroying eu-west stopped %v", stops)
 	}
 	pyCompile(t, filepath.Join(tb.d.workdir(), "us-east", "flux", "app.py"))
@@ -210,9 +205,12 @@ func TestApplyProducts(t *testing.T) {
 // alone or with its region.
 func TestDestroyOrphanProduct(t *testing.T) {
 	tb := newTestbed(t, testConfig)
-	if err := os.WriteFile(tb.d.Config.RegionsFilePath(), []byte("regions:\n  - {name: us-east, url: https://us.modal.direct, products: {flux: {url: https://f.modal.direct}}}\n"), 0o644); err != nil {
-		t.Fatal(err)
+	write := func() {
+		if err := os.WriteFile(tb.d.Config.RegionsFilePath(), []byte("regions:\n  - {name: us-east, url: https://us.modal.direct, products: {flux: {url: https://f.modal.direct}}}\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write()
 	if err := tb.d.Destroy(context.Background(), "us-east/flux", true, nil); err != nil {
 		t.Fatalf("destroy of a product no longer configured: %v", err)
 	}
@@ -225,18 +223,21 @@ func TestDestroyOrphanProduct(t *testing.T) {
 		t.Errorf("ran %q", got)
 	}
 	// With its region: both apps.
-	if err := os.WriteFile(tb.d.Config.RegionsFilePath(), []byte("regions:\n  - {name: us-east, url: https://us.modal.direct, products: {flux: {url: https://f.modal.direct}}}\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	write()
 	if err := tb.d.Destroy(context.Background(), "us-east", true, nil); err != nil {
 		t.Fatal(err)
 	}
-	calls = tb.calls()
-	var stops []string
-	for _, c := range calls[len(calls)-2:] {
-		stops = append(stops, c.Args[2])
-	}
-	if strings.Join(stops, " ") != "earshot-us-east earshot-us-east-flux" {
+	if stops := tb.lastStops(2); stops != "earshot-us-east earshot-us-east-flux" {
 		t.Errorf("destroying us-east stopped %v", stops)
 	}
+}
+
+// lastStops names the apps the last n modal calls stopped, in order.
+func (tb *testbed) lastStops(n int) string {
+	calls := tb.calls()
+	var stops []string
+	for _, c := range calls[max(0, len(calls)-n):] {
+		stops = append(stops, c.Args[2])
+	}
+	return strings.Join(stops, " ")
 }
